@@ -41,6 +41,17 @@ impl VehicleId {
         &self.0
     }
 
+    /// A stable 64-bit hash (FNV-1a) of the id. Stable across processes and versions, so every
+    /// process of a deployment agrees on which shard owns a vehicle.
+    pub fn stable_hash(&self) -> u64 {
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        for b in self.0.as_bytes() {
+            h ^= u64::from(*b);
+            h = h.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+        h
+    }
+
     /// Bytes used on the heap by this id (0 for ids stored inline).
     pub fn heap_bytes(&self) -> usize {
         if self.0.is_heap_allocated() {

@@ -1,1 +1,27 @@
-//! placeholder
+//! # kickstand-engine
+//!
+//! The tracking engine: fixes in, durable history and latest state out.
+//!
+//! # Layout
+//!
+//! - [`transport`]: the port between ingest and the workers ([`transport::Transport`]) and its
+//!   embedded default, bounded in-process channels sharded by vehicle.
+//! - [`worker`]: one thread per shard; group commit to history, then the latest state.
+//! - [`state`]: the latest-state port ([`state::StateStore`]) and its in-memory default with a
+//!   spatial grid.
+//! - [`history`]: the history port ([`history::HistoryStore`]) and the embedded store: a
+//!   write-ahead log in front of the fjall LSM engine, time-bucketed columnar chunks.
+//! - [`engine`]: wiring, start-up (restore) and shutdown (drain and flush).
+//! - [`metrics`]: metric names.
+//!
+//! **Architecture Invariant:** nothing here speaks HTTP or reads configuration files; the
+//! engine is driven through [`engine::Engine`] and its ports.
+
+pub mod engine;
+pub mod history;
+pub mod metrics;
+pub mod state;
+pub mod transport;
+pub mod worker;
+
+pub use engine::{Engine, EngineConfig, EngineError};

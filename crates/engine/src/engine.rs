@@ -1,0 +1,197 @@
+//! The engine: the transport, the workers, the latest state and the history store wired
+//! together, with start-up (restore) and shutdown (drain and flush).
+
+use crate::history::embedded::{EmbeddedConfig, EmbeddedHistory};
+use crate::history::{HistoryError, HistoryStore};
+use crate::state::{MemoryState, StateStore};
+use crate::transport::{InProcessTransport, Transport};
+use kickstand_domain::BucketSpan;
+use serde::{Deserialize, Serialize};
+use std::path::Path;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+/// Settings of the tracking engine (`[engine]` and `[history]` in the config file).
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EngineConfig {
+    /// Worker threads; 0 means one per available core.
+    pub workers: usize,
+    /// Fixes that may wait between ingest and the workers before ingest answers 503.
+    pub queue_fixes: usize,
+    /// Most fixes one worker writes in one group commit.
+    pub group_max_fixes: usize,
+    /// Length of a history bucket in seconds (must divide a day). Default one hour.
+    pub bucket_secs: u64,
+    /// Days of history to keep; 0 keeps everything. Whole buckets are dropped.
+    pub retain_days: u32,
+    /// Seconds between upkeep passes (bucket compaction, retention).
+    pub maintenance_interval_secs: u64,
+    /// Settings of the embedded history store.
+    pub embedded: EmbeddedConfig,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig {
+            workers: 0,
+            queue_fixes: 1_000_000,
+            group_max_fixes: 65_536,
+            bucket_secs: 3600,
+            retain_days: 0,
+            maintenance_interval_secs: 60,
+            embedded: EmbeddedConfig::default(),
+        }
+    }
+}
+
+impl EngineConfig {
+    pub fn span(&self) -> Result<BucketSpan, EngineError> {
+        BucketSpan::from_secs(self.bucket_secs).ok_or(EngineError::Config(
+            "bucket_secs must be a positive number of seconds that divides a day",
+        ))
+    }
+
+    pub fn worker_count(&self) -> usize {
+        if self.workers == 0 {
+            std::thread::available_parallelism().map_or(2, |n| n.get())
+        } else {
+            self.workers
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error("invalid engine settings: {0}")]
+    Config(&'static str),
+    #[error(transparent)]
+    History(#[from] HistoryError),
+    #[error("could not start a thread: {0}")]
+    Thread(#[from] std::io::Error),
+}
+
+/// A running engine.
+pub struct Engine {
+    pub transport: Arc<dyn Transport>,
+    pub state: Arc<dyn StateStore>,
+    pub history: Arc<dyn HistoryStore>,
+    pub config: EngineConfig,
+    workers: Vec<JoinHandle<()>>,
+    /// Dropping it stops the upkeep thread.
+    stop_upkeep: Option<crossbeam_channel::Sender<()>>,
+    upkeep: Option<JoinHandle<()>>,
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+impl Engine {
+    /// Starts the engine on embedded defaults with its data in `data_dir`.
+    pub fn start_embedded(data_dir: &Path, config: EngineConfig) -> Result<Engine, EngineError> {
+        let history = EmbeddedHistory::open(&data_dir.join("history"), config.span()?, config.embedded.clone())?;
+        Engine::start(Arc::new(history), Arc::new(MemoryState::default()), config)
+    }
+
+    /// Starts the engine on the given ports: restores the latest state from history, then
+    /// starts the workers and the upkeep thread.
+    pub fn start(
+        history: Arc<dyn HistoryStore>,
+        state: Arc<dyn StateStore>,
+        config: EngineConfig,
+    ) -> Result<Engine, EngineError> {
+        config.span()?;
+        let started = Instant::now();
+        let mut restored = 0usize;
+        let mut batch = Vec::with_capacity(4096);
+        history.for_each_latest(&mut |vehicle_id, point| {
+            batch.push(kickstand_domain::Fix { vehicle_id, point });
+            if batch.len() == 4096 {
+                state.apply(&batch);
+                restored += batch.len();
+                batch.clear();
+            }
+        })?;
+        restored += batch.len();
+        state.apply(&batch);
+        tracing::info!(message = "latest state restored", vehicles = restored, elapsed_ms = started.elapsed().as_millis() as u64);
+
+        let n = config.worker_count();
+        let (transport, receivers) = InProcessTransport::new(n, config.queue_fixes);
+        let mut workers = Vec::with_capacity(n);
+        for (shard, rx) in receivers.into_iter().enumerate() {
+            let writer = history.writer(shard)?;
+            let state = state.clone();
+            let max_group = config.group_max_fixes;
+            workers.push(
+                std::thread::Builder::new()
+                    .name(format!("worker-{shard}"))
+                    .spawn(move || crate::worker::run(rx, writer, state, max_group))?,
+            );
+        }
+        let (stop_tx, stop_rx) = crossbeam_channel::bounded::<()>(0);
+        let upkeep = {
+            let history = history.clone();
+            let state = state.clone();
+            let interval = Duration::from_secs(config.maintenance_interval_secs.max(1));
+            let retain_ms = i64::from(config.retain_days) * 86_400_000;
+            std::thread::Builder::new().name("upkeep".into()).spawn(move || {
+                loop {
+                    match stop_rx.recv_timeout(interval) {
+                        Err(crossbeam_channel::RecvTimeoutError::Timeout) => {}
+                        _ => return,
+                    }
+                    upkeep_pass(history.as_ref(), state.as_ref(), retain_ms);
+                }
+            })?
+        };
+        Ok(Engine {
+            transport: Arc::new(transport),
+            state,
+            history,
+            config,
+            workers,
+            stop_upkeep: Some(stop_tx),
+            upkeep: Some(upkeep),
+        })
+    }
+
+    /// Stops accepting, lets the workers drain their queues and checkpoint, and waits for them.
+    pub fn shutdown(mut self) {
+        self.transport.close();
+        for w in self.workers.drain(..) {
+            let _ = w.join();
+        }
+        self.stop_upkeep.take();
+        if let Some(u) = self.upkeep.take() {
+            let _ = u.join();
+        }
+        tracing::info!(message = "engine stopped; history flushed");
+    }
+}
+
+/// One upkeep pass: compaction, retention, gauges.
+pub fn upkeep_pass(history: &dyn HistoryStore, state: &dyn StateStore, retain_ms: i64) {
+    let now = now_ms();
+    match history.maintain(now) {
+        Ok(n) if n > 0 => tracing::debug!(message = "compacted buckets", buckets = n),
+        Ok(_) => {}
+        Err(error) => tracing::error!(message = "bucket compaction failed", %error),
+    }
+    if retain_ms > 0 {
+        match history.drop_before(now - retain_ms) {
+            Ok(n) if n > 0 => tracing::info!(message = "retention dropped buckets", buckets = n),
+            Ok(_) => {}
+            Err(error) => tracing::error!(message = "retention failed", %error),
+        }
+    }
+    if let Ok(stats) = history.stats() {
+        metrics::gauge!(crate::metrics::STORE_DISK_BYTES).set(stats.disk_bytes as f64);
+        metrics::gauge!(crate::metrics::STORE_BUCKETS).set(stats.buckets as f64);
+    }
+    metrics::gauge!(crate::metrics::STATE_VEHICLES).set(state.len() as f64);
+}

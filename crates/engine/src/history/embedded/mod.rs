@@ -1,0 +1,781 @@
+//! The embedded history store: Kickstand's own write-ahead log in front of a fjall LSM engine
+//! (see docs/adr/0002-embedded-history-engine.md for why fjall, with the measurements).
+//!
+//! Write path, per shard writer:
+//! 1. `append` drops duplicates (a fast check against the vehicle's newest `ts`, a full check
+//!    only for fixes that are not newer), writes the new fixes as one binary WAL record and
+//!    `fdatasync`s it: one sync per group of requests (group commit). Only then are the fixes
+//!    visible in the shard's memtable and reported new.
+//! 2. When the memtable holds `checkpoint_fixes` fixes, or `checkpoint_interval_ms` passed, the
+//!    writer starts a new WAL segment and hands the frozen memtable to the flusher thread, which
+//!    encodes one columnar chunk per `(vehicle, bucket)`, writes chunks, index entries, the
+//!    latest fix per vehicle and the checkpointed segment number in one atomic batch, persists
+//!    it, and only then deletes the old segments.
+//! 3. Once a bucket has closed (`bucket end + compact_grace_secs`), `maintain` merges its
+//!    chunks into one.
+//!
+//! Reads merge the engine with the memtables, so a fix is visible from the moment it is acked.
+//!
+//! **Architecture Invariant:** the writer thread never waits for the engine except when two
+//! checkpoints are outstanding (then it waits, and the transport's queue fills: backpressure).
+
+mod keys;
+pub mod wal;
+
+use super::{BucketFixes, HistoryError, HistoryStats, HistoryStore, HistoryWriter};
+use crossbeam_channel::{Receiver, Sender};
+use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
+use kickstand_domain::{BucketSpan, Fix, Point, VehicleId, codec};
+use parking_lot::{Mutex, RwLock};
+use serde::Deserialize;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+/// Settings of the embedded store (`[history.embedded]`).
+#[derive(Clone, Debug, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EmbeddedConfig {
+    /// Fixes a shard keeps in its memtable (and WAL) before it checkpoints them into the
+    /// engine. Bounds memory: at most twice this many fixes per shard are held in memory.
+    pub checkpoint_fixes: usize,
+    /// Longest time in milliseconds between checkpoints, so the WAL stays short and restarts
+    /// stay quick.
+    pub checkpoint_interval_ms: u64,
+    /// Seconds after a bucket ends before its chunks are merged into one; late fixes that
+    /// arrive after that still land in the bucket, as an extra chunk merged on the next pass.
+    pub compact_grace_secs: u64,
+}
+
+impl Default for EmbeddedConfig {
+    fn default() -> Self {
+        EmbeddedConfig {
+            checkpoint_fixes: 250_000,
+            checkpoint_interval_ms: 10_000,
+            compact_grace_secs: 600,
+        }
+    }
+}
+
+fn engine_err(e: fjall::Error) -> HistoryError {
+    HistoryError::Engine(e.to_string())
+}
+
+/// Fixes held in memory by one shard, per vehicle (in arrival order, not necessarily sorted).
+type MemTable = HashMap<VehicleId, Vec<Point>>;
+
+/// The in-memory side of one shard, shared between its writer and the readers.
+#[derive(Default)]
+struct ShardMem {
+    /// Fixes acked since the last checkpoint began.
+    active: MemTable,
+    /// Number of points in `active`.
+    active_count: usize,
+    /// The memtable being checkpointed by the flusher; readers still see it until it is in
+    /// the engine.
+    frozen: Option<Arc<MemTable>>,
+}
+
+struct Keyspaces {
+    chunks: Keyspace,
+    by_time: Keyspace,
+    dirty: Keyspace,
+    latest: Keyspace,
+    meta: Keyspace,
+}
+
+struct Inner {
+    db: Database,
+    ks: Keyspaces,
+    span: BucketSpan,
+    config: EmbeddedConfig,
+    /// Where shard WAL directories live.
+    wal_dir: PathBuf,
+    /// Next chunk sequence number.
+    next_seq: AtomicU64,
+    /// Memtables of live writers, by shard.
+    mems: RwLock<HashMap<usize, Arc<RwLock<ShardMem>>>>,
+    /// Serialises engine batches that read-modify-write shared keys (latest, dirty, seq).
+    commit_lock: Mutex<()>,
+    /// Set when a checkpoint failed: writers refuse to ack more until restart.
+    poisoned: AtomicBool,
+    /// Work for the flusher thread; bounded by the number of shards (one outstanding
+    /// checkpoint per shard).
+    flush_tx: Sender<FlushJob>,
+}
+
+struct FlushJob {
+    shard: usize,
+    /// Segments up to and including this one are covered by `frozen`.
+    upto_segment: u64,
+    frozen: Arc<MemTable>,
+    done: Option<Sender<Result<(), String>>>,
+}
+
+/// The embedded history store. Cheap to clone.
+#[derive(Clone)]
+pub struct EmbeddedHistory {
+    inner: Arc<Inner>,
+}
+
+impl EmbeddedHistory {
+    /// Opens (or creates) the store in `dir`, replays any WAL left by a crash into the engine,
+    /// and starts the flusher thread.
+    pub fn open(dir: &Path, span: BucketSpan, config: EmbeddedConfig) -> Result<Self, HistoryError> {
+        std::fs::create_dir_all(dir)?;
+        let db = Database::builder(dir.join("engine")).open().map_err(engine_err)?;
+        let open = |name: &str| db.keyspace(name, KeyspaceCreateOptions::default).map_err(engine_err);
+        let ks = Keyspaces {
+            chunks: open("chunks")?,
+            by_time: open("by_time")?,
+            dirty: open("dirty")?,
+            latest: open("latest")?,
+            meta: open("meta")?,
+        };
+        let next_seq = match ks.meta.get(keys::SEQ_KEY).map_err(engine_err)? {
+            Some(v) => u64::from_le_bytes(
+                v.as_ref()
+                    .try_into()
+                    .map_err(|_| HistoryError::Corrupt("meta seq".into()))?,
+            ),
+            None => 1,
+        };
+        let wal_dir = dir.join("wal");
+        std::fs::create_dir_all(&wal_dir)?;
+        let (flush_tx, flush_rx) = crossbeam_channel::bounded(256);
+        let inner = Arc::new(Inner {
+            db,
+            ks,
+            span,
+            config,
+            wal_dir,
+            next_seq: AtomicU64::new(next_seq),
+            mems: RwLock::default(),
+            commit_lock: Mutex::new(()),
+            poisoned: AtomicBool::new(false),
+            flush_tx,
+        });
+        inner.recover()?;
+        let weak = Arc::downgrade(&inner);
+        std::thread::Builder::new()
+            .name("history-flusher".into())
+            .spawn(move || flusher(weak, flush_rx))?;
+        Ok(EmbeddedHistory { inner })
+    }
+}
+
+fn flusher(inner: std::sync::Weak<Inner>, rx: Receiver<FlushJob>) {
+    while let Ok(job) = rx.recv() {
+        let Some(inner) = inner.upgrade() else { return };
+        let result = inner.checkpoint(job.shard, job.upto_segment, &job.frozen);
+        match &result {
+            Ok(()) => {
+                if let Some(mem) = inner.mems.read().get(&job.shard) {
+                    mem.write().frozen = None;
+                }
+                if let Err(error) = inner.drop_segments(job.shard, job.upto_segment) {
+                    tracing::warn!(message = "could not delete checkpointed WAL segments", %error);
+                }
+            }
+            Err(error) => {
+                tracing::error!(message = "checkpoint failed; refusing writes until restart", %error, shard = job.shard);
+                inner.poisoned.store(true, Ordering::SeqCst);
+            }
+        }
+        if let Some(done) = job.done {
+            let _ = done.send(result.map_err(|e| e.to_string()));
+        }
+    }
+}
+
+impl Inner {
+    fn shard_dir(&self, shard: usize) -> PathBuf {
+        self.wal_dir.join(format!("shard-{shard}"))
+    }
+
+    /// Replays every WAL segment newer than its shard's checkpoint into the engine.
+    fn recover(&self) -> Result<(), HistoryError> {
+        for entry in std::fs::read_dir(&self.wal_dir)? {
+            let entry = entry?;
+            let name = entry.file_name();
+            let Some(shard) = name
+                .to_str()
+                .and_then(|n| n.strip_prefix("shard-"))
+                .and_then(|n| n.parse::<usize>().ok())
+            else {
+                continue;
+            };
+            let dir = entry.path();
+            let done = self.checkpointed_segment(shard)?;
+            let mut mem = MemTable::new();
+            let mut last = done;
+            let mut fixes = 0usize;
+            for seq in wal::list_segments(&dir)? {
+                if seq <= done {
+                    continue;
+                }
+                let replay = wal::replay(&dir, seq)?;
+                if replay.torn_tail {
+                    tracing::warn!(message = "WAL segment ends in a torn record (never acked); ignoring it", shard, segment = seq);
+                }
+                fixes += replay.fixes.len();
+                for fix in replay.fixes {
+                    mem.entry(fix.vehicle_id).or_default().push(fix.point);
+                }
+                last = seq;
+            }
+            if last > done {
+                tracing::info!(message = "replayed write-ahead log", shard, fixes, upto_segment = last);
+                self.checkpoint(shard, last, &mem)?;
+            }
+            self.drop_segments(shard, last)?;
+        }
+        Ok(())
+    }
+
+    fn checkpointed_segment(&self, shard: usize) -> Result<u64, HistoryError> {
+        Ok(match self.ks.meta.get(keys::ckpt_key(shard)).map_err(engine_err)? {
+            Some(v) => u64::from_le_bytes(
+                v.as_ref()
+                    .try_into()
+                    .map_err(|_| HistoryError::Corrupt("meta ckpt".into()))?,
+            ),
+            None => 0,
+        })
+    }
+
+    fn drop_segments(&self, shard: usize, upto: u64) -> Result<(), HistoryError> {
+        let dir = self.shard_dir(shard);
+        let mut removed = false;
+        for seq in wal::list_segments(&dir)? {
+            if seq <= upto {
+                match std::fs::remove_file(wal::segment_path(&dir, seq)) {
+                    Ok(()) => removed = true,
+                    // The flusher and a closing writer may both clean up.
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(e.into()),
+                }
+            }
+        }
+        if removed {
+            wal::sync_dir(&dir)?;
+        }
+        Ok(())
+    }
+
+    /// Writes a memtable into the engine as one atomic, persisted batch.
+    fn checkpoint(&self, shard: usize, upto_segment: u64, mem: &MemTable) -> Result<(), HistoryError> {
+        let started = Instant::now();
+        let _guard = self.commit_lock.lock();
+        let mut batch = self.db.batch();
+        let mut encoded = Vec::new();
+        let mut points = Vec::new();
+        let mut fixes = 0usize;
+        for (vehicle, pts) in mem {
+            if pts.is_empty() {
+                continue;
+            }
+            let id = vehicle.as_str();
+            points.clear();
+            points.extend_from_slice(pts);
+            points.sort_unstable_by_key(|p| p.ts);
+            points.dedup_by_key(|p| p.ts);
+            fixes += points.len();
+            for run in points.chunk_by(|a, b| self.span.start_of(a.ts) == self.span.start_of(b.ts)) {
+                let start = self.span.start_of(run[0].ts);
+                let seq = self.next_seq.fetch_add(1, Ordering::Relaxed);
+                encoded.clear();
+                codec::encode(run, &mut encoded);
+                batch.insert(&self.ks.chunks, keys::chunk_key(id, start, seq), encoded.as_slice());
+                let tkey = keys::time_key(start, id);
+                if self.ks.by_time.contains_key(&tkey).map_err(engine_err)? {
+                    batch.insert(&self.ks.dirty, tkey, []);
+                } else {
+                    batch.insert(&self.ks.by_time, tkey, []);
+                }
+            }
+            let newest = *points.last().expect("non-empty");
+            let stored = self.latest_of(id)?;
+            if stored.is_none_or(|s| s.ts < newest.ts) {
+                encoded.clear();
+                codec::encode(&[newest], &mut encoded);
+                batch.insert(&self.ks.latest, id, encoded.as_slice());
+            }
+        }
+        batch.insert(
+            &self.ks.meta,
+            keys::SEQ_KEY,
+            self.next_seq.load(Ordering::Relaxed).to_le_bytes(),
+        );
+        batch.insert(&self.ks.meta, keys::ckpt_key(shard), upto_segment.to_le_bytes());
+        batch.commit().map_err(engine_err)?;
+        self.db.persist(PersistMode::SyncAll).map_err(engine_err)?;
+        metrics::histogram!(crate::metrics::CHECKPOINT_SECONDS).record(started.elapsed().as_secs_f64());
+        tracing::debug!(message = "checkpoint", shard, fixes, elapsed_ms = started.elapsed().as_millis() as u64);
+        Ok(())
+    }
+
+    fn latest_of(&self, id: &str) -> Result<Option<Point>, HistoryError> {
+        let Some(v) = self.ks.latest.get(id).map_err(engine_err)? else {
+            return Ok(None);
+        };
+        let mut out = Vec::with_capacity(1);
+        codec::decode(&v, &mut out).map_err(|e| HistoryError::Corrupt(e.to_string()))?;
+        Ok(out.pop())
+    }
+
+    /// Every stored point of one bucket (all its chunks), sorted by ts.
+    fn stored_bucket(&self, id: &str, start: i64, out: &mut Vec<Point>) -> Result<(), HistoryError> {
+        for item in self.ks.chunks.prefix(keys::bucket_prefix(id, start)) {
+            let (_, value) = item.into_inner().map_err(engine_err)?;
+            codec::decode(&value, out).map_err(|e| HistoryError::Corrupt(e.to_string()))?;
+        }
+        Ok(())
+    }
+
+    /// Memtable points of `vehicle` with `from <= ts <= to`, from every shard.
+    fn mem_points(&self, vehicle: &VehicleId, from: i64, to: i64, out: &mut Vec<Point>) {
+        let mems: Vec<_> = self.mems.read().values().cloned().collect();
+        for mem in mems {
+            let mem = mem.read();
+            let tables = std::iter::once(&mem.active).chain(mem.frozen.as_deref());
+            for table in tables {
+                if let Some(pts) = table.get(vehicle) {
+                    out.extend(pts.iter().filter(|p| p.ts >= from && p.ts <= to));
+                }
+            }
+        }
+    }
+}
+
+fn sort_dedup(points: &mut Vec<Point>) {
+    points.sort_by_key(|p| p.ts);
+    points.dedup_by_key(|p| p.ts);
+}
+
+impl HistoryStore for EmbeddedHistory {
+    fn writer(&self, shard: usize) -> Result<Box<dyn HistoryWriter>, HistoryError> {
+        let inner = &self.inner;
+        let dir = inner.shard_dir(shard);
+        std::fs::create_dir_all(&dir)?;
+        wal::sync_dir(&inner.wal_dir)?;
+        let last = wal::list_segments(&dir)?.last().copied().unwrap_or(0);
+        let seq = last.max(inner.checkpointed_segment(shard)?) + 1;
+        let segment = wal::Segment::create(&dir, seq)?;
+        let mem = Arc::new(RwLock::new(ShardMem::default()));
+        inner.mems.write().insert(shard, mem.clone());
+        Ok(Box::new(ShardWriter {
+            inner: inner.clone(),
+            shard,
+            dir,
+            segment,
+            mem,
+            newest: HashMap::new(),
+            record: Vec::with_capacity(1 << 20),
+            fresh: Vec::new(),
+            last_checkpoint: Instant::now(),
+            stored_cache: HashMap::new(),
+        }))
+    }
+
+    fn track(&self, vehicle: &VehicleId, from: i64, to: i64) -> Result<Vec<Point>, HistoryError> {
+        let mut out = Vec::new();
+        if from > to {
+            return Ok(out);
+        }
+        // Memtables first, then the engine: a checkpoint that moves points between the two
+        // in the meantime can only show a point twice (removed below), never lose it.
+        self.inner.mem_points(vehicle, from, to, &mut out);
+        let id = vehicle.as_str();
+        let span = self.inner.span;
+        let lo = keys::bucket_prefix(id, span.start_of(from));
+        let mut hi = keys::bucket_prefix(id, span.start_of(to));
+        hi.extend_from_slice(&[0xff; 8]);
+        for item in self.inner.ks.chunks.range(lo..=hi) {
+            let (_, value) = item.into_inner().map_err(engine_err)?;
+            codec::decode(&value, &mut out).map_err(|e| HistoryError::Corrupt(e.to_string()))?;
+        }
+        out.retain(|p| p.ts >= from && p.ts <= to);
+        sort_dedup(&mut out);
+        Ok(out)
+    }
+
+    fn scan(
+        &self,
+        from: i64,
+        to: i64,
+        visit: &mut dyn FnMut(BucketFixes) -> bool,
+    ) -> Result<(), HistoryError> {
+        if from > to {
+            return Ok(());
+        }
+        let inner = &self.inner;
+        let span = inner.span;
+        // Memtable points in range, keyed like the time index so the two merge in order.
+        let mut pending: BTreeMap<(i64, VehicleId), Vec<Point>> = BTreeMap::new();
+        {
+            let mems: Vec<_> = inner.mems.read().values().cloned().collect();
+            for mem in mems {
+                let mem = mem.read();
+                for table in std::iter::once(&mem.active).chain(mem.frozen.as_deref()) {
+                    for (vehicle, pts) in table {
+                        for p in pts.iter().filter(|p| p.ts >= from && p.ts <= to) {
+                            pending
+                                .entry((span.start_of(p.ts), vehicle.clone()))
+                                .or_default()
+                                .push(*p);
+                        }
+                    }
+                }
+            }
+        }
+        let lo = keys::ts_bytes(span.start_of(from)).to_vec();
+        let hi = keys::ts_bytes(span.start_of(to).saturating_add(1)).to_vec();
+        let mut emit = |key: (i64, VehicleId), mut points: Vec<Point>| -> bool {
+            points.retain(|p| p.ts >= from && p.ts <= to);
+            sort_dedup(&mut points);
+            if points.is_empty() {
+                return true;
+            }
+            visit(BucketFixes {
+                vehicle_id: key.1,
+                bucket_start: key.0,
+                points,
+            })
+        };
+        for item in inner.ks.by_time.range(lo..hi) {
+            let key = item.key().map_err(engine_err)?;
+            let (start, id) = keys::parse_time_key(&key)
+                .ok_or_else(|| HistoryError::Corrupt("time index key".into()))?;
+            let vehicle =
+                VehicleId::new(id).map_err(|_| HistoryError::Corrupt("time index id".into()))?;
+            // Memtable-only buckets that sort before this one go first.
+            while let Some(entry) = pending.first_entry() {
+                if *entry.key() >= (start, vehicle.clone()) {
+                    break;
+                }
+                let (k, pts) = entry.remove_entry();
+                if !emit(k, pts) {
+                    return Ok(());
+                }
+            }
+            let mut points = pending.remove(&(start, vehicle.clone())).unwrap_or_default();
+            inner.stored_bucket(id, start, &mut points)?;
+            if !emit((start, vehicle), points) {
+                return Ok(());
+            }
+        }
+        for (k, pts) in pending {
+            if !emit(k, pts) {
+                return Ok(());
+            }
+        }
+        Ok(())
+    }
+
+    fn for_each_latest(
+        &self,
+        visit: &mut dyn FnMut(VehicleId, Point),
+    ) -> Result<(), HistoryError> {
+        let mut out = Vec::with_capacity(1);
+        for item in self.inner.ks.latest.iter() {
+            let (key, value) = item.into_inner().map_err(engine_err)?;
+            let id = std::str::from_utf8(&key)
+                .ok()
+                .and_then(|s| VehicleId::new(s).ok())
+                .ok_or_else(|| HistoryError::Corrupt("latest key".into()))?;
+            out.clear();
+            codec::decode(&value, &mut out).map_err(|e| HistoryError::Corrupt(e.to_string()))?;
+            if let Some(p) = out.pop() {
+                visit(id, p);
+            }
+        }
+        Ok(())
+    }
+
+    fn drop_before(&self, cutoff_ms: i64) -> Result<u64, HistoryError> {
+        let inner = &self.inner;
+        let span = inner.span;
+        // Buckets that end at or before the cutoff start at or before cutoff - span.
+        let last_start = cutoff_ms.saturating_sub(span.ms());
+        let hi = keys::ts_bytes(last_start.saturating_add(1)).to_vec();
+        let victims: Vec<Vec<u8>> = inner
+            .ks
+            .by_time
+            .range(..hi)
+            .map(|g| g.key().map(|k| k.to_vec()))
+            .collect::<Result<_, _>>()
+            .map_err(engine_err)?;
+        let mut dropped = 0;
+        for keys_chunk in victims.chunks(1024) {
+            let _guard = inner.commit_lock.lock();
+            let mut batch = inner.db.batch();
+            for tkey in keys_chunk {
+                let (start, id) = keys::parse_time_key(tkey)
+                    .ok_or_else(|| HistoryError::Corrupt("time index key".into()))?;
+                for item in inner.ks.chunks.prefix(keys::bucket_prefix(id, start)) {
+                    batch.remove(&inner.ks.chunks, item.key().map_err(engine_err)?);
+                }
+                batch.remove(&inner.ks.by_time, tkey.as_slice());
+                batch.remove(&inner.ks.dirty, tkey.as_slice());
+                dropped += 1;
+            }
+            batch.commit().map_err(engine_err)?;
+            inner.db.persist(PersistMode::SyncAll).map_err(engine_err)?;
+        }
+        Ok(dropped)
+    }
+
+    fn maintain(&self, now_ms: i64) -> Result<u64, HistoryError> {
+        let inner = &self.inner;
+        let span = inner.span;
+        let grace = inner.config.compact_grace_secs as i64 * 1000;
+        // A bucket is closed once now >= start + span + grace.
+        let closed_below = now_ms.saturating_sub(span.ms() + grace);
+        let hi = keys::ts_bytes(closed_below.saturating_add(1)).to_vec();
+        let dirty: Vec<Vec<u8>> = inner
+            .ks
+            .dirty
+            .range(..hi)
+            .map(|g| g.key().map(|k| k.to_vec()))
+            .collect::<Result<_, _>>()
+            .map_err(engine_err)?;
+        let mut compacted = 0;
+        let mut points = Vec::new();
+        let mut encoded = Vec::new();
+        for tkey in dirty {
+            let (start, id) = keys::parse_time_key(&tkey)
+                .ok_or_else(|| HistoryError::Corrupt("dirty key".into()))?;
+            let _guard = inner.commit_lock.lock();
+            let mut batch = inner.db.batch();
+            points.clear();
+            for item in inner.ks.chunks.prefix(keys::bucket_prefix(id, start)) {
+                let (key, value) = item.into_inner().map_err(engine_err)?;
+                codec::decode(&value, &mut points).map_err(|e| HistoryError::Corrupt(e.to_string()))?;
+                batch.remove(&inner.ks.chunks, key);
+            }
+            sort_dedup(&mut points);
+            encoded.clear();
+            codec::encode(&points, &mut encoded);
+            batch.insert(&inner.ks.chunks, keys::chunk_key(id, start, 0), encoded.as_slice());
+            batch.remove(&inner.ks.dirty, tkey.as_slice());
+            batch.commit().map_err(engine_err)?;
+            compacted += 1;
+        }
+        if compacted > 0 {
+            inner.db.persist(PersistMode::SyncAll).map_err(engine_err)?;
+        }
+        Ok(compacted)
+    }
+
+    fn stats(&self) -> Result<HistoryStats, HistoryError> {
+        let engine = self.inner.db.disk_space().map_err(engine_err)?;
+        let mut wal_bytes = 0;
+        for shard in std::fs::read_dir(&self.inner.wal_dir)? {
+            let shard = shard?;
+            if shard.file_type()?.is_dir() {
+                for seg in std::fs::read_dir(shard.path())? {
+                    wal_bytes += seg?.metadata()?.len();
+                }
+            }
+        }
+        Ok(HistoryStats {
+            disk_bytes: engine + wal_bytes,
+            buckets: self.inner.ks.by_time.approximate_len() as u64,
+        })
+    }
+}
+
+/// The writer of one shard. Owned by one worker thread.
+struct ShardWriter {
+    inner: Arc<Inner>,
+    shard: usize,
+    dir: PathBuf,
+    /// The WAL segment being appended to.
+    segment: wal::Segment,
+    mem: Arc<RwLock<ShardMem>>,
+    /// The newest `ts` known stored per vehicle of this shard: a fix newer than it cannot be
+    /// a duplicate, which spares the full check for nearly every fix.
+    newest: HashMap<VehicleId, i64>,
+    /// The WAL record being built (reused, so appends do not allocate).
+    record: Vec<u8>,
+    /// Indices into the current append's fixes of the new ones.
+    fresh: Vec<usize>,
+    last_checkpoint: Instant,
+    /// Stored timestamps of buckets loaded for the full duplicate check, per append.
+    stored_cache: HashMap<(VehicleId, i64), HashSet<i64>>,
+}
+
+impl ShardWriter {
+    /// The newest known ts of `vehicle`, loading it from the engine the first time.
+    fn newest_of(&mut self, vehicle: &VehicleId) -> Result<Option<i64>, HistoryError> {
+        if let Some(ts) = self.newest.get(vehicle) {
+            return Ok(Some(*ts));
+        }
+        let stored = self.inner.latest_of(vehicle.as_str())?.map(|p| p.ts);
+        if let Some(ts) = stored {
+            self.newest.insert(vehicle.clone(), ts);
+        }
+        Ok(stored)
+    }
+
+    /// The full duplicate check: is `(vehicle, ts)` in the memtables, the engine, or among the
+    /// new fixes of this append so far?
+    fn is_stored(&mut self, fixes: &[Fix], fix: &Fix) -> Result<bool, HistoryError> {
+        let (vehicle, ts) = (&fix.vehicle_id, fix.point.ts);
+        if self
+            .fresh
+            .iter()
+            .any(|&i| fixes[i].point.ts == ts && fixes[i].vehicle_id == *vehicle)
+        {
+            return Ok(true);
+        }
+        {
+            let mem = self.mem.read();
+            for table in std::iter::once(&mem.active).chain(mem.frozen.as_deref()) {
+                if table.get(vehicle).is_some_and(|pts| pts.iter().any(|p| p.ts == ts)) {
+                    return Ok(true);
+                }
+            }
+        }
+        let start = self.inner.span.start_of(ts);
+        let key = (vehicle.clone(), start);
+        if !self.stored_cache.contains_key(&key) {
+            let mut pts = Vec::new();
+            self.inner.stored_bucket(vehicle.as_str(), start, &mut pts)?;
+            self.stored_cache.insert(key.clone(), pts.iter().map(|p| p.ts).collect());
+        }
+        Ok(self.stored_cache[&key].contains(&ts))
+    }
+
+    fn rotate_and_checkpoint(&mut self, wait: bool) -> Result<(), HistoryError> {
+        // One outstanding checkpoint per shard; a second must wait for the first.
+        let outstanding = self.mem.read().frozen.is_some();
+        if outstanding {
+            if !wait && self.mem.read().active_count < 2 * self.inner.config.checkpoint_fixes {
+                return Ok(());
+            }
+            let started = Instant::now();
+            while self.mem.read().frozen.is_some() {
+                if self.inner.poisoned.load(Ordering::SeqCst) {
+                    return Err(HistoryError::Poisoned);
+                }
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            metrics::histogram!(crate::metrics::CHECKPOINT_STALL_SECONDS)
+                .record(started.elapsed().as_secs_f64());
+        }
+        let old = self.segment.seq;
+        let frozen = {
+            let mut mem = self.mem.write();
+            if mem.active_count == 0 {
+                self.last_checkpoint = Instant::now();
+                return Ok(());
+            }
+            let table = Arc::new(std::mem::take(&mut mem.active));
+            mem.active_count = 0;
+            mem.frozen = Some(table.clone());
+            table
+        };
+        self.segment = wal::Segment::create(&self.dir, old + 1)?;
+        let (done_tx, done_rx) = crossbeam_channel::bounded(1);
+        self.inner
+            .flush_tx
+            .send(FlushJob {
+                shard: self.shard,
+                upto_segment: old,
+                frozen,
+                done: wait.then_some(done_tx),
+            })
+            .map_err(|_| HistoryError::Engine("flusher thread is gone".into()))?;
+        if wait {
+            done_rx
+                .recv()
+                .map_err(|_| HistoryError::Engine("flusher thread is gone".into()))?
+                .map_err(HistoryError::Engine)?;
+        }
+        self.last_checkpoint = Instant::now();
+        Ok(())
+    }
+
+    fn checkpoint_due(&self) -> bool {
+        let mem = self.mem.read();
+        mem.active_count >= self.inner.config.checkpoint_fixes
+            || (mem.active_count > 0
+                && self.last_checkpoint.elapsed()
+                    >= Duration::from_millis(self.inner.config.checkpoint_interval_ms))
+    }
+}
+
+impl HistoryWriter for ShardWriter {
+    fn append(&mut self, fixes: &[Fix], is_new: &mut Vec<bool>) -> Result<(), HistoryError> {
+        if self.inner.poisoned.load(Ordering::SeqCst) {
+            return Err(HistoryError::Poisoned);
+        }
+        self.fresh.clear();
+        self.stored_cache.clear();
+        wal::begin_record(&mut self.record);
+        let base = is_new.len();
+        for (i, fix) in fixes.iter().enumerate() {
+            let newest = self.newest_of(&fix.vehicle_id)?;
+            let new = match newest {
+                Some(n) if fix.point.ts <= n => !self.is_stored(fixes, fix)?,
+                _ => true,
+            };
+            if new {
+                wal::put_fix(&mut self.record, fix);
+                self.fresh.push(i);
+                match self.newest.get_mut(&fix.vehicle_id) {
+                    Some(n) => *n = (*n).max(fix.point.ts),
+                    None => {
+                        self.newest.insert(fix.vehicle_id.clone(), fix.point.ts);
+                    }
+                }
+            }
+            is_new.push(new);
+        }
+        if !self.fresh.is_empty() {
+            let started = Instant::now();
+            if let Err(e) = self.segment.append_durable(&mut self.record) {
+                // What reached the file is unknown: refuse to go on rather than ack on top of it.
+                self.inner.poisoned.store(true, Ordering::SeqCst);
+                is_new.truncate(base);
+                return Err(e.into());
+            }
+            metrics::histogram!(crate::metrics::WAL_SYNC_SECONDS).record(started.elapsed().as_secs_f64());
+            let mut mem = self.mem.write();
+            for &i in &self.fresh {
+                let fix = &fixes[i];
+                match mem.active.get_mut(&fix.vehicle_id) {
+                    Some(v) => v.push(fix.point),
+                    None => {
+                        mem.active.insert(fix.vehicle_id.clone(), vec![fix.point]);
+                    }
+                }
+            }
+            mem.active_count += self.fresh.len();
+        }
+        if self.checkpoint_due() {
+            self.rotate_and_checkpoint(false)?;
+        }
+        Ok(())
+    }
+
+    fn tick(&mut self) -> Result<(), HistoryError> {
+        if self.checkpoint_due() {
+            self.rotate_and_checkpoint(false)?;
+        }
+        Ok(())
+    }
+
+    fn close(mut self: Box<Self>) -> Result<(), HistoryError> {
+        self.rotate_and_checkpoint(true)?;
+        // Nothing is left in the memtable; the empty segment just created can go.
+        let seq = self.segment.seq;
+        self.inner.drop_segments(self.shard, seq)?;
+        self.inner.mems.write().remove(&self.shard);
+        Ok(())
+    }
+}

@@ -1,0 +1,402 @@
+//! The latest-state port: the newest fix of every vehicle and a spatial index over them, for
+//! the queries operators and rider apps ask most (`GET /vehicles/{id}`, `near`, `bbox`, the fleet
+//! summary).
+//!
+//! [`MemoryState`] is the embedded default: sharded maps behind read-write locks (no global
+//! lock: a worker's write blocks only the readers of one shard of sixteen), a grid of
+//! ~550 m cells for the spatial queries. It holds nothing on disk: on start it is rebuilt from
+//! the history store's latest fixes, which is what makes a restart lose no vehicle.
+//!
+//! **Contract:** the latest state never moves back in time: `apply` ignores a fix that is not
+//! newer than the one held.
+
+use kickstand_domain::geo::{self, BBox};
+use kickstand_domain::{Fix, Point, VehicleId, VehicleState};
+use parking_lot::RwLock;
+use serde::Serialize;
+use std::collections::{BTreeMap, HashMap};
+
+/// A vehicle and its newest fix.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VehicleView {
+    pub vehicle_id: VehicleId,
+    pub point: Point,
+}
+
+/// Filters shared by the list queries.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct StateFilter {
+    pub state: Option<VehicleState>,
+    /// Battery strictly below this, in 0.1 % (vehicles that report no battery never match).
+    pub battery_below_dpct: Option<u16>,
+}
+
+impl StateFilter {
+    fn matches(&self, p: &Point) -> bool {
+        if let Some(s) = self.state
+            && p.state != Some(s)
+        {
+            return false;
+        }
+        if let Some(b) = self.battery_below_dpct
+            && !p.battery_dpct.is_some_and(|v| v < b)
+        {
+            return false;
+        }
+        true
+    }
+}
+
+/// Counts over the whole fleet.
+#[derive(Clone, Debug, Default, Serialize, PartialEq, Eq)]
+pub struct FleetSummary {
+    pub vehicles: u64,
+    /// Vehicles by the state of their newest fix; `unknown` when it carried none.
+    pub by_state: BTreeMap<String, u64>,
+    /// Vehicles by battery in steps of 10 %: `0-10`, `10-20`, … `90-100` (100 % counts in the
+    /// last), and `unknown`.
+    pub battery: BTreeMap<String, u64>,
+    /// Vehicles whose newest fix is older than the stale threshold.
+    pub stale: u64,
+}
+
+/// The latest-state port.
+pub trait StateStore: Send + Sync + 'static {
+    /// Moves each vehicle's state forward to the newest of `fixes` (older ones are ignored).
+    fn apply(&self, fixes: &[Fix]);
+    fn get(&self, id: &VehicleId) -> Option<Point>;
+    /// Vehicles within `radius_m` of a point, nearest first, with their distance in metres.
+    fn near(
+        &self,
+        lat: f64,
+        lon: f64,
+        radius_m: f64,
+        filter: StateFilter,
+        limit: usize,
+    ) -> Vec<(VehicleView, f64)>;
+    /// Vehicles inside `bbox`, in vehicle id order, starting after the id `after` (the cursor).
+    fn within(
+        &self,
+        bbox: BBox,
+        filter: StateFilter,
+        after: Option<&VehicleId>,
+        limit: usize,
+    ) -> Vec<VehicleView>;
+    /// Counts by state and battery; `stale_before_ms` is the time before which a vehicle's
+    /// newest fix makes it stale.
+    fn summary(&self, stale_before_ms: i64) -> FleetSummary;
+    fn len(&self) -> usize;
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+const SHARDS: usize = 16;
+
+struct Slot {
+    id: VehicleId,
+    point: Point,
+    cell: u64,
+}
+
+#[derive(Default)]
+struct Shard {
+    index: HashMap<VehicleId, u32>,
+    slots: Vec<Slot>,
+    grid: HashMap<u64, Vec<u32>>,
+}
+
+impl Shard {
+    fn apply(&mut self, fix: &Fix) {
+        let p = fix.point;
+        let cell = geo::cell_of(p.lat_e6, p.lon_e6);
+        match self.index.get(&fix.vehicle_id) {
+            Some(&i) => {
+                let slot = &mut self.slots[i as usize];
+                if p.ts <= slot.point.ts {
+                    return;
+                }
+                slot.point = p;
+                if slot.cell != cell {
+                    let old = std::mem::replace(&mut slot.cell, cell);
+                    if let Some(members) = self.grid.get_mut(&old) {
+                        if let Some(pos) = members.iter().position(|&m| m == i) {
+                            members.swap_remove(pos);
+                        }
+                        if members.is_empty() {
+                            self.grid.remove(&old);
+                        }
+                    }
+                    self.grid.entry(cell).or_default().push(i);
+                }
+            }
+            None => {
+                let i = self.slots.len() as u32;
+                self.slots.push(Slot {
+                    id: fix.vehicle_id.clone(),
+                    point: p,
+                    cell,
+                });
+                self.index.insert(fix.vehicle_id.clone(), i);
+                self.grid.entry(cell).or_default().push(i);
+            }
+        }
+    }
+}
+
+/// The embedded latest-state store.
+pub struct MemoryState {
+    shards: Vec<RwLock<Shard>>,
+}
+
+impl Default for MemoryState {
+    fn default() -> Self {
+        MemoryState {
+            shards: (0..SHARDS).map(|_| RwLock::default()).collect(),
+        }
+    }
+}
+
+fn shard_of(id: &VehicleId) -> usize {
+    // The high bits: the workers shard on the low ones, so this spreads one worker's
+    // vehicles over every state shard.
+    (id.stable_hash() >> 60) as usize % SHARDS
+}
+
+/// Calls `f` with every slot index in the cells covering `bbox`, or in the whole shard when
+/// that is cheaper than visiting the cells.
+fn for_cells(shard: &Shard, bbox: &BBox, mut f: impl FnMut(&Slot)) {
+    let (y0, x0) = geo::cell_xy(bbox.min_lat, bbox.min_lon);
+    let (y1, x1) = geo::cell_xy(bbox.max_lat, bbox.max_lon);
+    let cells = ((y1 - y0 + 1) as u128) * ((x1 - x0 + 1) as u128);
+    if cells > shard.grid.len() as u128 {
+        shard.slots.iter().for_each(f);
+        return;
+    }
+    for y in y0..=y1 {
+        for x in x0..=x1 {
+            if let Some(members) = shard.grid.get(&geo::cell_key(y, x)) {
+                for &i in members {
+                    f(&shard.slots[i as usize]);
+                }
+            }
+        }
+    }
+}
+
+impl StateStore for MemoryState {
+    fn apply(&self, fixes: &[Fix]) {
+        if fixes.len() < 32 {
+            for fix in fixes {
+                self.shards[shard_of(&fix.vehicle_id)].write().apply(fix);
+            }
+            return;
+        }
+        // Take each shard's lock once per batch.
+        let owners: Vec<u8> = fixes.iter().map(|f| shard_of(&f.vehicle_id) as u8).collect();
+        for (s, shard) in self.shards.iter().enumerate() {
+            let mut guard = None;
+            for (fix, &o) in fixes.iter().zip(&owners) {
+                if usize::from(o) == s {
+                    guard.get_or_insert_with(|| shard.write()).apply(fix);
+                }
+            }
+        }
+    }
+
+    fn get(&self, id: &VehicleId) -> Option<Point> {
+        let shard = self.shards[shard_of(id)].read();
+        shard.index.get(id).map(|&i| shard.slots[i as usize].point)
+    }
+
+    fn near(
+        &self,
+        lat: f64,
+        lon: f64,
+        radius_m: f64,
+        filter: StateFilter,
+        limit: usize,
+    ) -> Vec<(VehicleView, f64)> {
+        let bbox = BBox::around(lat, lon, radius_m);
+        let mut found = Vec::new();
+        for shard in &self.shards {
+            let shard = shard.read();
+            for_cells(&shard, &bbox, |slot| {
+                let p = &slot.point;
+                if !bbox.contains(p.lat(), p.lon()) || !filter.matches(p) {
+                    return;
+                }
+                let d = geo::distance_m(lat, lon, p.lat(), p.lon());
+                if d <= radius_m {
+                    found.push((
+                        VehicleView {
+                            vehicle_id: slot.id.clone(),
+                            point: *p,
+                        },
+                        d,
+                    ));
+                }
+            });
+        }
+        found.sort_by(|a, b| a.1.total_cmp(&b.1).then_with(|| a.0.vehicle_id.cmp(&b.0.vehicle_id)));
+        found.truncate(limit);
+        found
+    }
+
+    fn within(
+        &self,
+        bbox: BBox,
+        filter: StateFilter,
+        after: Option<&VehicleId>,
+        limit: usize,
+    ) -> Vec<VehicleView> {
+        let mut found = Vec::new();
+        for shard in &self.shards {
+            let shard = shard.read();
+            for_cells(&shard, &bbox, |slot| {
+                let p = &slot.point;
+                if bbox.contains(p.lat(), p.lon())
+                    && filter.matches(p)
+                    && after.is_none_or(|a| slot.id > *a)
+                {
+                    found.push(VehicleView {
+                        vehicle_id: slot.id.clone(),
+                        point: *p,
+                    });
+                }
+            });
+        }
+        found.sort_unstable_by(|a, b| a.vehicle_id.cmp(&b.vehicle_id));
+        found.truncate(limit);
+        found
+    }
+
+    fn summary(&self, stale_before_ms: i64) -> FleetSummary {
+        let mut s = FleetSummary::default();
+        for state in VehicleState::ALL {
+            s.by_state.insert(state.as_str().to_owned(), 0);
+        }
+        s.by_state.insert("unknown".into(), 0);
+        let labels: Vec<String> = (0..10).map(|i| format!("{}-{}", i * 10, i * 10 + 10)).collect();
+        for l in &labels {
+            s.battery.insert(l.clone(), 0);
+        }
+        s.battery.insert("unknown".into(), 0);
+        for shard in &self.shards {
+            let shard = shard.read();
+            for slot in &shard.slots {
+                let p = &slot.point;
+                s.vehicles += 1;
+                let state = p.state.map_or("unknown", |st| st.as_str());
+                *s.by_state.get_mut(state).expect("every state is present") += 1;
+                let bucket = match p.battery_dpct {
+                    Some(b) => &labels[usize::from(b / 100).min(9)],
+                    None => "unknown",
+                };
+                *s.battery.get_mut(bucket).expect("every bucket is present") += 1;
+                if p.ts < stale_before_ms {
+                    s.stale += 1;
+                }
+            }
+        }
+        s
+    }
+
+    fn len(&self) -> usize {
+        self.shards.iter().map(|s| s.read().slots.len()).sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fix(id: &str, ts: i64, lat: f64, lon: f64) -> Fix {
+        Fix {
+            vehicle_id: VehicleId::new(id).unwrap(),
+            point: Point {
+                ts,
+                lat_e6: (lat * 1e6) as i32,
+                lon_e6: (lon * 1e6) as i32,
+                ..Point::default()
+            },
+        }
+    }
+
+    #[test]
+    fn state_never_moves_back_in_time() {
+        let s = MemoryState::default();
+        s.apply(&[fix("a", 2_000, 1.0, 1.0)]);
+        s.apply(&[fix("a", 1_000, 2.0, 2.0)]);
+        let id = VehicleId::new("a").unwrap();
+        assert_eq!(s.get(&id).unwrap().ts, 2_000);
+        s.apply(&[fix("a", 3_000, 2.0, 2.0)]);
+        assert_eq!(s.get(&id).unwrap().lat_e6, 2_000_000);
+        assert_eq!(s.len(), 1);
+    }
+
+    #[test]
+    fn near_is_sorted_and_exact_at_the_radius() {
+        let s = MemoryState::default();
+        let fixes: Vec<Fix> = (0..100)
+            .map(|i| fix(&format!("v{i}"), 1, 37.5 + f64::from(i) * 0.001, 127.0))
+            .collect();
+        s.apply(&fixes);
+        // Each step is ~111 m: v0..v4 are within 500 m.
+        let near = s.near(37.5, 127.0, 500.0, StateFilter::default(), 100);
+        let ids: Vec<_> = near.iter().map(|(v, _)| v.vehicle_id.as_str().to_owned()).collect();
+        assert_eq!(ids, vec!["v0", "v1", "v2", "v3", "v4"]);
+        assert!(near.windows(2).all(|w| w[0].1 <= w[1].1));
+        // Moving a vehicle moves it in the grid.
+        s.apply(&[fix("v99", 2, 37.5001, 127.0)]);
+        let near = s.near(37.5, 127.0, 500.0, StateFilter::default(), 100);
+        assert_eq!(near[1].0.vehicle_id.as_str(), "v99");
+    }
+
+    #[test]
+    fn bbox_pages_with_a_cursor() {
+        let s = MemoryState::default();
+        let fixes: Vec<Fix> = (0..50).map(|i| fix(&format!("v{i:02}"), 1, 10.0, 10.0 + f64::from(i) * 1e-4)).collect();
+        s.apply(&fixes);
+        let bbox = BBox::parse("9,9,11,11").unwrap();
+        let mut seen = Vec::new();
+        let mut after: Option<VehicleId> = None;
+        loop {
+            let page = s.within(bbox, StateFilter::default(), after.as_ref(), 20);
+            if page.is_empty() {
+                break;
+            }
+            after = Some(page.last().unwrap().vehicle_id.clone());
+            seen.extend(page.into_iter().map(|v| v.vehicle_id));
+        }
+        assert_eq!(seen.len(), 50);
+        assert!(seen.windows(2).all(|w| w[0] < w[1]));
+        let world = BBox::parse("-180,-90,180,90").unwrap();
+        assert_eq!(s.within(world, StateFilter::default(), None, 1000).len(), 50);
+    }
+
+    #[test]
+    fn filters_and_summary() {
+        let s = MemoryState::default();
+        let mut a = fix("a", 1_000, 1.0, 1.0);
+        a.point.battery_dpct = Some(150);
+        a.point.state = Some(VehicleState::Available);
+        let mut b = fix("b", 5_000, 1.0, 1.0);
+        b.point.battery_dpct = Some(1000);
+        b.point.state = Some(VehicleState::OnTrip);
+        s.apply(&[a, b, fix("c", 5_000, 1.0, 1.0)]);
+        let low = StateFilter { battery_below_dpct: Some(200), ..StateFilter::default() };
+        let v = s.near(1.0, 1.0, 10.0, low, 10);
+        assert_eq!(v.len(), 1);
+        assert_eq!(v[0].0.vehicle_id.as_str(), "a");
+        let sum = s.summary(2_000);
+        assert_eq!(sum.vehicles, 3);
+        assert_eq!(sum.by_state["available"], 1);
+        assert_eq!(sum.by_state["on_trip"], 1);
+        assert_eq!(sum.by_state["unknown"], 1);
+        assert_eq!(sum.battery["10-20"], 1);
+        assert_eq!(sum.battery["90-100"], 1);
+        assert_eq!(sum.battery["unknown"], 1);
+        assert_eq!(sum.stale, 1);
+    }
+}

@@ -1,0 +1,92 @@
+//! A worker: owns one shard of the vehicles, takes batches off its queue in groups, writes each
+//! group to history with one durable append (group commit), moves the latest state forward, and
+//! answers every batch of the group.
+//!
+//! Workers are OS threads, not async tasks: a group commit ends in `fdatasync`, which must never
+//! stall the async runtime that serves HTTP.
+
+use crate::history::HistoryWriter;
+use crate::state::StateStore;
+use crate::transport::{ShardBatch, SubmitError, SubmitOutcome};
+use crossbeam_channel::{Receiver, RecvTimeoutError};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// How long an idle worker waits before letting its writer do time-based upkeep.
+const TICK: Duration = Duration::from_millis(200);
+
+/// Runs until the queue is closed and drained, then closes the writer (final checkpoint).
+pub fn run(
+    rx: Receiver<ShardBatch>,
+    mut writer: Box<dyn HistoryWriter>,
+    state: Arc<dyn StateStore>,
+    max_group_fixes: usize,
+) {
+    let mut group: Vec<ShardBatch> = Vec::new();
+    let mut fixes = Vec::new();
+    let mut is_new = Vec::new();
+    let mut sizes = Vec::new();
+    loop {
+        let first = match rx.recv_timeout(TICK) {
+            Ok(b) => b,
+            Err(RecvTimeoutError::Timeout) => {
+                if let Err(error) = writer.tick() {
+                    tracing::error!(message = "history upkeep failed", %error);
+                }
+                continue;
+            }
+            Err(RecvTimeoutError::Disconnected) => break,
+        };
+        let mut total = first.fixes.len();
+        group.push(first);
+        while total < max_group_fixes {
+            match rx.try_recv() {
+                Ok(b) => {
+                    total += b.fixes.len();
+                    group.push(b);
+                }
+                Err(_) => break,
+            }
+        }
+        fixes.clear();
+        sizes.clear();
+        for b in &mut group {
+            metrics::histogram!(crate::metrics::WORKER_LAG_SECONDS)
+                .record(b.enqueued.elapsed().as_secs_f64());
+            sizes.push(b.fixes.len());
+            fixes.append(&mut b.fixes);
+        }
+        metrics::histogram!(crate::metrics::GROUP_FIXES).record(fixes.len() as f64);
+        is_new.clear();
+        match writer.append(&fixes, &mut is_new) {
+            Ok(()) => {
+                // Duplicates are never newer than the state held, so applying every fix is
+                // the same as applying the new ones.
+                state.apply(&fixes);
+                let mut at = 0;
+                let (mut accepted_all, mut dup_all) = (0u64, 0u64);
+                for (b, size) in group.drain(..).zip(&sizes) {
+                    let accepted = is_new[at..at + size].iter().filter(|n| **n).count();
+                    at += size;
+                    accepted_all += accepted as u64;
+                    dup_all += (size - accepted) as u64;
+                    let _ = b.reply.send(Ok(SubmitOutcome {
+                        accepted,
+                        duplicates: size - accepted,
+                    }));
+                }
+                metrics::counter!(crate::metrics::INGEST_ACCEPTED_TOTAL).increment(accepted_all);
+                metrics::counter!(crate::metrics::INGEST_DUPLICATES_TOTAL).increment(dup_all);
+            }
+            Err(error) => {
+                tracing::error!(message = "history append failed", %error);
+                for b in group.drain(..) {
+                    let _ = b.reply.send(Err(SubmitError::Storage(error.to_string())));
+                }
+            }
+        }
+    }
+    if let Err(error) = writer.close() {
+        tracing::error!(message = "final checkpoint failed; the WAL will be replayed at start", %error);
+    }
+}
