@@ -34,6 +34,11 @@
 //!    - `3`: a bitmap of `ceil(n / 8)` bytes; bit `i % 8` of byte `i / 8` is set when point `i`
 //!      has the value.
 //!
+//!    In the `heading_ddeg` column only, bit 2 (value 4) may be added to modes 1–3: every
+//!    value then lies in `0..=3600` and the differences go the short way around the circle of
+//!    3601 values, so each value is `(previous + difference)` reduced modulo 3601 into
+//!    `0..=3600`. A heading that wobbles around north thus costs no more than any other.
+//!
 //!    When `p`, the number of points that have the value, is not 0, the column continues like a
 //!    mandatory one over those `p` values: the first (zigzag), then a stream of the `p - 1`
 //!    differences.
@@ -83,6 +88,10 @@ const PRESENT_NONE: u8 = 0;
 const PRESENT_ALL: u8 = 1;
 const PRESENT_RUNS: u8 = 2;
 const PRESENT_BITMAP: u8 = 3;
+/// Set in a presence byte when the column's differences are taken around a circle.
+const CIRCULAR: u8 = 4;
+/// The circle of headings, 0..=3600 tenths of a degree.
+const HEADING_CIRCLE: i64 = 3601;
 
 fn zigzag(v: i64) -> u64 {
     ((v << 1) ^ (v >> 63)) as u64
@@ -262,7 +271,14 @@ fn encode_stream(out: &mut Vec<u8>, residuals: &[i64]) {
 }
 
 /// Writes the first of `values` and the stream of their differences, using `scratch`.
-fn encode_values(out: &mut Vec<u8>, scratch: &mut Vec<i64>, values: impl Iterator<Item = i64>) {
+/// With a `circle`, all values lie in `0..circle` and each difference is taken the short way
+/// around it, in `-circle / 2..=circle / 2`.
+fn encode_values(
+    out: &mut Vec<u8>,
+    scratch: &mut Vec<i64>,
+    values: impl Iterator<Item = i64>,
+    circle: Option<i64>,
+) {
     scratch.clear();
     let mut first = None;
     let mut prev = 0i64;
@@ -270,7 +286,12 @@ fn encode_values(out: &mut Vec<u8>, scratch: &mut Vec<i64>, values: impl Iterato
         if first.is_none() {
             first = Some(v);
         } else {
-            scratch.push(v.wrapping_sub(prev));
+            let d = v.wrapping_sub(prev);
+            scratch.push(match circle {
+                Some(c) if d.rem_euclid(c) > c / 2 => d.rem_euclid(c) - c,
+                Some(c) => d.rem_euclid(c),
+                None => d,
+            });
         }
         prev = v;
     }
@@ -302,6 +323,7 @@ fn encode_optional(
     scratch: &mut Vec<i64>,
     points: &[Point],
     get: impl Fn(&Point) -> Option<i64>,
+    circle: Option<i64>,
 ) {
     let n = points.len();
     let present = points.iter().filter(|p| get(p).is_some()).count();
@@ -309,8 +331,10 @@ fn encode_optional(
         out.push(PRESENT_NONE);
         return;
     }
+    let circle = circle.filter(|&c| points.iter().filter_map(&get).all(|v| (0..c).contains(&v)));
+    let flag = if circle.is_some() { CIRCULAR } else { 0 };
     if present == n {
-        out.push(PRESENT_ALL);
+        out.push(PRESENT_ALL | flag);
     } else {
         let mut k = 0u64;
         let mut run_bytes = 0u64;
@@ -319,11 +343,11 @@ fn encode_optional(
             run_bytes += varint_len(len);
         });
         if varint_len(k) + run_bytes <= n.div_ceil(8) as u64 {
-            out.push(PRESENT_RUNS);
+            out.push(PRESENT_RUNS | flag);
             put_varint(out, k);
             for_each_run(points, &get, |len| put_varint(out, len));
         } else {
-            out.push(PRESENT_BITMAP);
+            out.push(PRESENT_BITMAP | flag);
             let start = out.len();
             out.resize(start + n.div_ceil(8), 0);
             for (i, p) in points.iter().enumerate() {
@@ -333,7 +357,7 @@ fn encode_optional(
             }
         }
     }
-    encode_values(out, scratch, points.iter().filter_map(get));
+    encode_values(out, scratch, points.iter().filter_map(get), circle);
 }
 
 /// Appends the encoding of `points` to `out`.
@@ -358,25 +382,26 @@ pub fn encode(points: &[Point], out: &mut Vec<u8>) {
         }));
         encode_stream(out, &scratch);
     }
-    encode_values(
-        out,
-        &mut scratch,
-        points.iter().map(|p| i64::from(p.lat_e6)),
-    );
-    encode_values(
-        out,
-        &mut scratch,
-        points.iter().map(|p| i64::from(p.lon_e6)),
-    );
+    let lat = points.iter().map(|p| i64::from(p.lat_e6));
+    encode_values(out, &mut scratch, lat, None);
+    let lon = points.iter().map(|p| i64::from(p.lon_e6));
+    encode_values(out, &mut scratch, lon, None);
     let s = &mut scratch;
-    encode_optional(out, s, points, |p| p.speed_dkmh.map(i64::from));
-    encode_optional(out, s, points, |p| p.heading_ddeg.map(i64::from));
-    encode_optional(out, s, points, |p| p.battery_dpct.map(i64::from));
-    encode_optional(out, s, points, |p| p.accuracy_dm.map(i64::from));
-    encode_optional(out, s, points, |p| p.altitude_dm.map(i64::from));
-    encode_optional(out, s, points, |p| p.odometer_m.map(|v| v as i64));
-    encode_optional(out, s, points, |p| p.state.map(|s| i64::from(s.code())));
-    encode_optional(out, s, points, |p| p.locked.map(i64::from));
+    let heading = Some(HEADING_CIRCLE);
+    encode_optional(out, s, points, |p| p.speed_dkmh.map(i64::from), None);
+    encode_optional(out, s, points, |p| p.heading_ddeg.map(i64::from), heading);
+    encode_optional(out, s, points, |p| p.battery_dpct.map(i64::from), None);
+    encode_optional(out, s, points, |p| p.accuracy_dm.map(i64::from), None);
+    encode_optional(out, s, points, |p| p.altitude_dm.map(i64::from), None);
+    encode_optional(out, s, points, |p| p.odometer_m.map(|v| v as i64), None);
+    encode_optional(
+        out,
+        s,
+        points,
+        |p| p.state.map(|s| i64::from(s.code())),
+        None,
+    );
+    encode_optional(out, s, points, |p| p.locked.map(i64::from), None);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -515,9 +540,11 @@ fn decode_stream(
 }
 
 /// Reads a first value and a stream of `len - 1` differences, calling `sink(index, value)`.
+/// With a `circle`, each value is the previous one plus the difference, modulo the circle.
 fn decode_values(
     r: &mut Reader<'_>,
     len: usize,
+    circle: Option<i64>,
     mut sink: impl FnMut(usize, i64),
 ) -> Result<(), CodecError> {
     if len == 0 {
@@ -525,10 +552,16 @@ fn decode_values(
     }
     let mut prev = unzigzag(r.varint()?);
     sink(0, prev);
-    decode_stream(r, len - 1, |j, d| {
-        prev = prev.wrapping_add(d);
-        sink(j + 1, prev);
-    })
+    match circle {
+        None => decode_stream(r, len - 1, |j, d| {
+            prev = prev.wrapping_add(d);
+            sink(j + 1, prev);
+        }),
+        Some(c) => decode_stream(r, len - 1, |j, d| {
+            prev = prev.wrapping_add(d).rem_euclid(c);
+            sink(j + 1, prev);
+        }),
+    }
 }
 
 /// Reads an optional column into `pts`; `set` stores a value and says whether it fits.
@@ -536,14 +569,21 @@ fn decode_optional(
     r: &mut Reader<'_>,
     pts: &mut [Point],
     index: &mut Vec<u32>,
+    circle: Option<i64>,
     mut set: impl FnMut(&mut Point, i64) -> bool,
 ) -> Result<(), CodecError> {
     let n = pts.len();
     index.clear();
     let mut ok = true;
-    match r.byte()? {
-        PRESENT_NONE => return Ok(()),
-        PRESENT_ALL => decode_values(r, n, |i, v| ok &= set(&mut pts[i], v))?,
+    let mode = r.byte()?;
+    let circle = match (mode & CIRCULAR != 0, circle) {
+        (false, _) => None,
+        (true, Some(c)) => Some(c),
+        (true, None) => return Err(CodecError::Corrupt("circular column that is no circle")),
+    };
+    match mode & !CIRCULAR {
+        PRESENT_NONE if circle.is_none() => return Ok(()),
+        PRESENT_ALL => decode_values(r, n, circle, |i, v| ok &= set(&mut pts[i], v))?,
         mode @ (PRESENT_RUNS | PRESENT_BITMAP) => {
             if mode == PRESENT_RUNS {
                 let k = r.len()?;
@@ -577,7 +617,7 @@ fn decode_optional(
                 }
             }
             let index = &index[..];
-            decode_values(r, index.len(), |j, v| {
+            decode_values(r, index.len(), circle, |j, v| {
                 ok &= set(&mut pts[index[j] as usize], v);
             })?;
         }
@@ -661,11 +701,11 @@ fn decode_into(bytes: &[u8], out: &mut Vec<Point>) -> Result<(), CodecError> {
         })?;
     }
     let mut ok = true;
-    decode_values(&mut r, n, |i, v| {
+    decode_values(&mut r, n, None, |i, v| {
         ok &= i32::try_from(v).is_ok();
         pts[i].lat_e6 = v as i32;
     })?;
-    decode_values(&mut r, n, |i, v| {
+    decode_values(&mut r, n, None, |i, v| {
         ok &= i32::try_from(v).is_ok();
         pts[i].lon_e6 = v as i32;
     })?;
@@ -674,20 +714,22 @@ fn decode_into(bytes: &[u8], out: &mut Vec<Point>) -> Result<(), CodecError> {
     }
     let mut index = Vec::new();
     let ix = &mut index;
-    decode_optional(&mut r, pts, ix, |p, v| narrow(&mut p.speed_dkmh, v))?;
-    decode_optional(&mut r, pts, ix, |p, v| narrow(&mut p.heading_ddeg, v))?;
-    decode_optional(&mut r, pts, ix, |p, v| narrow(&mut p.battery_dpct, v))?;
-    decode_optional(&mut r, pts, ix, |p, v| narrow(&mut p.accuracy_dm, v))?;
-    decode_optional(&mut r, pts, ix, |p, v| narrow(&mut p.altitude_dm, v))?;
-    decode_optional(&mut r, pts, ix, |p, v| {
+    decode_optional(&mut r, pts, ix, None, |p, v| narrow(&mut p.speed_dkmh, v))?;
+    decode_optional(&mut r, pts, ix, Some(HEADING_CIRCLE), |p, v| {
+        narrow(&mut p.heading_ddeg, v)
+    })?;
+    decode_optional(&mut r, pts, ix, None, |p, v| narrow(&mut p.battery_dpct, v))?;
+    decode_optional(&mut r, pts, ix, None, |p, v| narrow(&mut p.accuracy_dm, v))?;
+    decode_optional(&mut r, pts, ix, None, |p, v| narrow(&mut p.altitude_dm, v))?;
+    decode_optional(&mut r, pts, ix, None, |p, v| {
         p.odometer_m = Some(v as u64);
         true
     })?;
-    decode_optional(&mut r, pts, ix, |p, v| {
+    decode_optional(&mut r, pts, ix, None, |p, v| {
         p.state = u8::try_from(v).ok().and_then(VehicleState::from_code);
         p.state.is_some()
     })?;
-    decode_optional(&mut r, pts, ix, |p, v| {
+    decode_optional(&mut r, pts, ix, None, |p, v| {
         p.locked = match v {
             0 => Some(false),
             1 => Some(true),
@@ -837,7 +879,7 @@ mod tests {
     fn presence_patterns() {
         let n = 1000;
         let pattern = |i: usize, k: usize| match k {
-            0 => i % 2 == 0,
+            0 => i.is_multiple_of(2),
             1 => i < n / 2,
             2 => i % 300 > 10,
             3 => i == n - 1,
@@ -909,6 +951,25 @@ mod tests {
             assert_eq!(out.len(), 1);
         }
         assert_eq!(count(&[1, 5]), Err(CodecError::Version(1)));
+    }
+
+    #[test]
+    fn headings_wrap_around_north() {
+        let headings = [3598u16, 2, 3600, 0, 1799, 3600, 1800, 0, 5, 3595];
+        let pts: Vec<Point> = (0..1000)
+            .map(|i| Point {
+                heading_ddeg: Some(headings[i % headings.len()]),
+                ..full(i as i64 * 1000)
+            })
+            .collect();
+        let bytes = round_trip(&pts);
+        assert!(bytes.contains(&(PRESENT_ALL | CIRCULAR)));
+        // A value off the circle turns the circle off for the whole column.
+        let mut off = pts.clone();
+        off[500].heading_ddeg = Some(3601);
+        round_trip(&off);
+        off[500].heading_ddeg = None;
+        round_trip(&off);
     }
 
     #[test]

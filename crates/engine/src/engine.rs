@@ -78,10 +78,11 @@ pub struct Engine {
     pub state: Arc<dyn StateStore>,
     pub history: Arc<dyn HistoryStore>,
     pub config: EngineConfig,
-    workers: Vec<JoinHandle<()>>,
+    /// Worker threads, joined at shutdown.
+    workers: parking_lot::Mutex<Vec<JoinHandle<()>>>,
     /// Dropping it stops the upkeep thread.
-    stop_upkeep: Option<crossbeam_channel::Sender<()>>,
-    upkeep: Option<JoinHandle<()>>,
+    stop_upkeep: parking_lot::Mutex<Option<crossbeam_channel::Sender<()>>>,
+    upkeep: parking_lot::Mutex<Option<JoinHandle<()>>>,
 }
 
 fn now_ms() -> i64 {
@@ -154,20 +155,22 @@ impl Engine {
             state,
             history,
             config,
-            workers,
-            stop_upkeep: Some(stop_tx),
-            upkeep: Some(upkeep),
+            workers: parking_lot::Mutex::new(workers),
+            stop_upkeep: parking_lot::Mutex::new(Some(stop_tx)),
+            upkeep: parking_lot::Mutex::new(Some(upkeep)),
         })
     }
 
     /// Stops accepting, lets the workers drain their queues and checkpoint, and waits for them.
-    pub fn shutdown(mut self) {
+    /// Blocks until done; idempotent.
+    pub fn shutdown(&self) {
         self.transport.close();
-        for w in self.workers.drain(..) {
+        let workers: Vec<_> = self.workers.lock().drain(..).collect();
+        for w in workers {
             let _ = w.join();
         }
-        self.stop_upkeep.take();
-        if let Some(u) = self.upkeep.take() {
+        self.stop_upkeep.lock().take();
+        if let Some(u) = self.upkeep.lock().take() {
             let _ = u.join();
         }
         tracing::info!(message = "engine stopped; history flushed");

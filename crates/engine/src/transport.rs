@@ -42,6 +42,8 @@ pub trait Transport: Send + Sync + 'static {
     fn submit(&self, fixes: Vec<Fix>) -> SubmitFuture;
     /// Fixes waiting for a worker.
     fn queue_depth(&self) -> usize;
+    /// Most fixes that may wait.
+    fn capacity(&self) -> usize;
     /// Stops accepting; workers drain what is queued and then stop.
     fn close(&self);
 }
@@ -140,6 +142,10 @@ impl Transport for InProcessTransport {
 
     fn queue_depth(&self) -> usize {
         self.capacity_fixes - self.capacity.available_permits()
+    }
+
+    fn capacity(&self) -> usize {
+        self.capacity_fixes
     }
 
     fn close(&self) {

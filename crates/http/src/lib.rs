@@ -1,1 +1,491 @@
-//! placeholder
+//! # kickstand-http
+//!
+//! The HTTP API of the tracking engine: `POST /api/v1/telemetry`, the vehicle and fleet
+//! queries, `/healthz`, `/readyz` and `/metrics`. Errors are `application/problem+json`
+//! (RFC 9457) through one type, [`problem::Problem`].
+//!
+//! `router(state)` builds the whole API; the binary serves it, tests call it directly or over a
+//! real socket. Handlers do no blocking I/O: ingest awaits the workers' group commit, queries
+//! read the in-memory state or the history store.
+
+pub mod json;
+pub mod problem;
+
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, Query, Request, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use kickstand_domain::geo::{self, BBox};
+use kickstand_domain::input::{BodyError, BodyFormat, parse_body};
+use kickstand_domain::timefmt::{parse_query_time, write_ms};
+use kickstand_domain::{VehicleId, VehicleState};
+use kickstand_engine::Engine;
+use kickstand_engine::metrics as m;
+use kickstand_engine::state::StateFilter;
+use kickstand_engine::transport::SubmitError;
+use metrics_exporter_prometheus::PrometheusHandle;
+use problem::Problem;
+use serde::Deserialize;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// Settings of the HTTP API (`[http]`).
+#[derive(Clone, Debug, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    /// Largest accepted request body in bytes (413 above it).
+    pub body_limit_bytes: usize,
+    /// Seconds a client is told to wait (`Retry-After`) when the pipeline is full.
+    pub retry_after_secs: u64,
+    /// Longest track a single request may ask for, in hours (use `kickstand export` beyond).
+    pub max_track_hours: u64,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            body_limit_bytes: 8 * 1024 * 1024,
+            retry_after_secs: 1,
+            max_track_hours: 24 * 7,
+        }
+    }
+}
+
+/// What the handlers share.
+#[derive(Clone)]
+pub struct AppState {
+    pub engine: Arc<Engine>,
+    pub config: HttpConfig,
+    /// Renders `/metrics`; `None` when no recorder is installed.
+    pub metrics: Option<PrometheusHandle>,
+}
+
+/// The whole API.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/api/v1/telemetry", post(ingest))
+        .route("/api/v1/vehicles", get(list_vehicles))
+        .route("/api/v1/vehicles/{id}", get(get_vehicle))
+        .route("/api/v1/vehicles/{id}/track", get(track))
+        .route("/api/v1/fleet/summary", get(summary))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics_text))
+        .fallback(|| async { Problem::not_found("no such route") })
+        .with_state(state)
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+fn json_response(status: StatusCode, body: String) -> Response {
+    (status, [(header::CONTENT_TYPE, "application/json")], body).into_response()
+}
+
+fn body_format(headers: &HeaderMap) -> Result<BodyFormat, Problem> {
+    let ct = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let essence = ct.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    match essence.as_str() {
+        "application/json" => Ok(BodyFormat::Json),
+        "application/x-ndjson" | "application/ndjson" => Ok(BodyFormat::Ndjson),
+        _ => Err(Problem::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "Unsupported media type",
+            format!(
+                "Content-Type must be application/json or application/x-ndjson, not {:?}",
+                ct
+            ),
+        )),
+    }
+}
+
+async fn read_body(body: Body, limit: usize) -> Result<Bytes, Problem> {
+    axum::body::to_bytes(body, limit).await.map_err(|e| {
+        let too_large = std::error::Error::source(&e)
+            .is_some_and(|s| s.is::<http_body_util::LengthLimitError>())
+            || e.to_string().contains("length limit");
+        if too_large {
+            Problem::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "Payload too large",
+                format!("the body is larger than the limit of {limit} bytes"),
+            )
+        } else {
+            Problem::new(StatusCode::BAD_REQUEST, "Unreadable body", "the body could not be read")
+        }
+    })
+}
+
+/// `POST /api/v1/telemetry`: one fix, a JSON array of fixes, or NDJSON.
+async fn ingest(State(app): State<AppState>, req: Request) -> Response {
+    match ingest_inner(&app, req).await {
+        Ok(r) => r,
+        Err(p) => p.into_response(),
+    }
+}
+
+async fn ingest_inner(app: &AppState, req: Request) -> Result<Response, Problem> {
+    let limit = app.config.body_limit_bytes;
+    let format = body_format(req.headers())?;
+    if let Some(len) = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+        && len > limit as u64
+    {
+        return Err(Problem::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "Payload too large",
+            format!("the body is larger than the limit of {limit} bytes"),
+        ));
+    }
+    let body = read_body(req.into_body(), limit).await?;
+    let now = now_ms();
+    // Large bodies are parsed off the async workers so one big request cannot stall others.
+    let parsed = if body.len() > 512 * 1024 {
+        tokio::task::spawn_blocking(move || parse_body(&body, format, now))
+            .await
+            .map_err(|_| Problem::new(StatusCode::INTERNAL_SERVER_ERROR, "Internal error", "parsing failed"))?
+    } else {
+        parse_body(&body, format, now)
+    };
+    let parsed = parsed.map_err(|e| {
+        let title = match e {
+            BodyError::Empty | BodyError::NoItems => "Empty body",
+            BodyError::Malformed(_) => "Malformed body",
+            BodyError::NotObjectOrArray => "Unexpected body",
+        };
+        Problem::new(StatusCode::BAD_REQUEST, title, e.to_string())
+    })?;
+    let rejected = parsed.rejected;
+    if !rejected.is_empty() {
+        metrics::counter!(m::INGEST_REJECTED_TOTAL).increment(rejected.len() as u64);
+    }
+    if parsed.fixes.is_empty() {
+        let mut p = Problem::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "No valid fixes",
+            format!("all {} items were refused; see errors", rejected.len()),
+        );
+        p.errors = rejected;
+        return Err(p);
+    }
+    let outcome = app
+        .engine
+        .transport
+        .submit(parsed.fixes)
+        .await
+        .map_err(|e| match e {
+            SubmitError::Full => Problem::unavailable(
+                "the ingest pipeline is full; retry later",
+                app.config.retry_after_secs,
+            ),
+            SubmitError::ShuttingDown => Problem::unavailable("the server is shutting down", 5),
+            SubmitError::Storage(detail) => {
+                tracing::error!(message = "ingest failed in storage", %detail);
+                Problem::unavailable("storage is failing; retry later", app.config.retry_after_secs)
+            }
+        })?;
+    let body = serde_json::json!({
+        "accepted": outcome.accepted,
+        "duplicates": outcome.duplicates,
+        "rejected": rejected,
+    });
+    Ok(json_response(StatusCode::ACCEPTED, body.to_string()))
+}
+
+fn vehicle_id(id: &str) -> Result<VehicleId, Problem> {
+    VehicleId::new(id).map_err(|r| {
+        let mut p = Problem::new(StatusCode::BAD_REQUEST, "Invalid vehicle id", format!("vehicle_id {r}"));
+        p.field = Some("vehicle_id");
+        p
+    })
+}
+
+/// `GET /api/v1/vehicles/{id}`: the latest state.
+async fn get_vehicle(State(app): State<AppState>, Path(id): Path<String>) -> Result<Response, Problem> {
+    let id = vehicle_id(&id)?;
+    let p = app
+        .engine
+        .state
+        .get(&id)
+        .ok_or_else(|| Problem::not_found(format!("no vehicle {id}")))?;
+    let mut out = String::with_capacity(256);
+    json::vehicle(&mut out, &id, &p, None);
+    Ok(json_response(StatusCode::OK, out))
+}
+
+fn param<'a>(q: &'a HashMap<String, String>, name: &str) -> Option<&'a str> {
+    q.get(name).map(String::as_str).filter(|s| !s.is_empty())
+}
+
+fn num(q: &HashMap<String, String>, name: &'static str) -> Result<Option<f64>, Problem> {
+    param(q, name)
+        .map(|v| {
+            v.parse::<f64>()
+                .ok()
+                .filter(|x| x.is_finite())
+                .ok_or_else(|| Problem::bad_param(name, format!("{name} must be a number")))
+        })
+        .transpose()
+}
+
+const KNOWN_LIST_PARAMS: [&str; 7] = ["near", "radius_m", "bbox", "state", "battery_lt", "limit", "cursor"];
+
+/// `GET /api/v1/vehicles?near=LAT,LON&radius_m=R` or `?bbox=…`, with filters.
+async fn list_vehicles(
+    State(app): State<AppState>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Result<Response, Problem> {
+    if let Some(unknown) = q.keys().find(|k| !KNOWN_LIST_PARAMS.contains(&k.as_str())) {
+        return Err(Problem::new(StatusCode::BAD_REQUEST, "Invalid query parameter", format!("unknown parameter {unknown:?}")));
+    }
+    let mut filter = StateFilter::default();
+    if let Some(s) = param(&q, "state") {
+        filter.state = Some(VehicleState::parse(s).ok_or_else(|| {
+            Problem::bad_param("state", "state must be one of available, reserved, on_trip, non_operational, elsewhere, removed")
+        })?);
+    }
+    if let Some(b) = num(&q, "battery_lt")? {
+        if !(0.0..=100.0).contains(&b) {
+            return Err(Problem::bad_param("battery_lt", "battery_lt must be between 0 and 100"));
+        }
+        filter.battery_below_dpct = Some((b * 10.0).round() as u16);
+    }
+    let limit = match param(&q, "limit") {
+        None => 100,
+        Some(l) => l
+            .parse::<usize>()
+            .ok()
+            .filter(|l| (1..=10_000).contains(l))
+            .ok_or_else(|| Problem::bad_param("limit", "limit must be an integer from 1 to 10000"))?,
+    };
+    let mut out = String::with_capacity(256 * limit.min(1000));
+    out.push_str("{\"vehicles\":[");
+    match (param(&q, "near"), param(&q, "bbox")) {
+        (Some(near), None) => {
+            let (lat, lon) = near
+                .split_once(',')
+                .and_then(|(a, b)| Some((a.trim().parse::<f64>().ok()?, b.trim().parse::<f64>().ok()?)))
+                .filter(|(a, b)| (-90.0..=90.0).contains(a) && (-180.0..=180.0).contains(b))
+                .ok_or_else(|| Problem::bad_param("near", "near must be LAT,LON within range"))?;
+            let radius = num(&q, "radius_m")?.unwrap_or(500.0);
+            if !(0.0..=50_000.0).contains(&radius) {
+                return Err(Problem::bad_param("radius_m", "radius_m must be between 0 and 50000"));
+            }
+            if param(&q, "cursor").is_some() {
+                return Err(Problem::bad_param("cursor", "cursor pages bbox queries; near returns the nearest `limit`"));
+            }
+            let found = app.engine.state.near(lat, lon, radius, filter, limit);
+            for (i, (v, d)) in found.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                json::vehicle(&mut out, &v.vehicle_id, &v.point, Some(*d));
+            }
+            out.push_str("],\"next_cursor\":null}");
+        }
+        (None, Some(bbox)) => {
+            let bbox = BBox::parse(bbox).map_err(|r| Problem::bad_param("bbox", format!("bbox {r}")))?;
+            let after = param(&q, "cursor").map(vehicle_id).transpose().map_err(|mut p| {
+                p.field = Some("cursor");
+                p
+            })?;
+            let found = app.engine.state.within(bbox, filter, after.as_ref(), limit + 1);
+            let more = found.len() > limit;
+            for (i, v) in found.iter().take(limit).enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                json::vehicle(&mut out, &v.vehicle_id, &v.point, None);
+            }
+            out.push_str("],\"next_cursor\":");
+            match found.get(limit.wrapping_sub(1)).filter(|_| more) {
+                Some(last) => {
+                    out.push('"');
+                    out.push_str(last.vehicle_id.as_str());
+                    out.push('"');
+                }
+                None => out.push_str("null"),
+            }
+            out.push('}');
+        }
+        _ => {
+            return Err(Problem::new(
+                StatusCode::BAD_REQUEST,
+                "Invalid query parameter",
+                "give exactly one of near=LAT,LON (with radius_m) or bbox=minLon,minLat,maxLon,maxLat",
+            ));
+        }
+    }
+    Ok(json_response(StatusCode::OK, out))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TrackQuery {
+    from: Option<String>,
+    to: Option<String>,
+    format: Option<String>,
+    simplify_m: Option<String>,
+}
+
+/// `GET /api/v1/vehicles/{id}/track?from=&to=&format=json|geojson&simplify_m=`.
+async fn track(
+    State(app): State<AppState>,
+    Path(id): Path<String>,
+    q: Result<Query<TrackQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, Problem> {
+    let Query(q) = q.map_err(|e| Problem::new(StatusCode::BAD_REQUEST, "Invalid query parameter", e.body_text()))?;
+    let id = vehicle_id(&id)?;
+    let time = |name: &'static str, v: &Option<String>| -> Result<Option<i64>, Problem> {
+        v.as_deref()
+            .map(|s| parse_query_time(s).ok_or_else(|| Problem::bad_param(name, format!("{name} must be RFC 3339 or epoch milliseconds"))))
+            .transpose()
+    };
+    let to = time("to", &q.to)?.unwrap_or_else(now_ms);
+    let from = time("from", &q.from)?.unwrap_or(to - 3_600_000);
+    if from > to {
+        return Err(Problem::bad_param("from", "from must not be after to"));
+    }
+    let max_ms = app.config.max_track_hours as i64 * 3_600_000;
+    if to - from > max_ms {
+        return Err(Problem::bad_param("to", format!("a track may span at most {} hours; use kickstand export for more", app.config.max_track_hours)));
+    }
+    let geojson = match q.format.as_deref() {
+        None | Some("json") => false,
+        Some("geojson") => true,
+        Some(_) => return Err(Problem::bad_param("format", "format must be json or geojson")),
+    };
+    let simplify = q
+        .simplify_m
+        .as_deref()
+        .map(|s| {
+            s.parse::<f64>()
+                .ok()
+                .filter(|v| v.is_finite() && *v >= 0.0)
+                .ok_or_else(|| Problem::bad_param("simplify_m", "simplify_m must be a non-negative number of metres"))
+        })
+        .transpose()?;
+    let history = app.engine.history.clone();
+    let render = move || -> Result<String, Problem> {
+        let mut points = history.track(&id, from, to).map_err(|error| {
+            tracing::error!(message = "track query failed", %error);
+            Problem::new(StatusCode::INTERNAL_SERVER_ERROR, "Internal error", "the history store failed")
+        })?;
+        if let Some(tol) = simplify {
+            let line: Vec<(f64, f64)> = points.iter().map(|p| (p.lat(), p.lon())).collect();
+            let keep = geo::simplify(&line, tol);
+            points = keep.into_iter().map(|i| points[i]).collect();
+        }
+        let mut out = String::with_capacity(64 + points.len() * 96);
+        if geojson {
+            out.push_str("{\"type\":\"Feature\",\"geometry\":{\"type\":\"LineString\",\"coordinates\":[");
+            for (i, p) in points.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                out.push('[');
+                json::fixed(&mut out, i64::from(p.lon_e6), 6);
+                out.push(',');
+                json::fixed(&mut out, i64::from(p.lat_e6), 6);
+                out.push(']');
+            }
+            out.push_str("]},\"properties\":{\"vehicle_id\":\"");
+            out.push_str(id.as_str());
+            out.push_str("\",\"times\":[");
+            for (i, p) in points.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                out.push('"');
+                write_ms(&mut out, p.ts);
+                out.push('"');
+            }
+            out.push_str("]}}");
+        } else {
+            out.push_str("{\"vehicle_id\":\"");
+            out.push_str(id.as_str());
+            out.push_str("\",\"from\":\"");
+            write_ms(&mut out, from);
+            out.push_str("\",\"to\":\"");
+            write_ms(&mut out, to);
+            out.push_str("\",\"count\":");
+            out.push_str(&points.len().to_string());
+            out.push_str(",\"fixes\":[");
+            for (i, p) in points.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                out.push('{');
+                json::point_fields(&mut out, p);
+                out.push('}');
+            }
+            out.push_str("]}");
+        }
+        Ok(out)
+    };
+    // Decoding a long track is CPU and engine I/O: keep it off the async workers.
+    let out = tokio::task::spawn_blocking(render)
+        .await
+        .map_err(|_| Problem::new(StatusCode::INTERNAL_SERVER_ERROR, "Internal error", "the query failed"))??;
+    let ct = if geojson { "application/geo+json" } else { "application/json" };
+    Ok((StatusCode::OK, [(header::CONTENT_TYPE, ct)], out).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SummaryQuery {
+    stale_minutes: Option<u32>,
+}
+
+/// `GET /api/v1/fleet/summary?stale_minutes=15`.
+async fn summary(
+    State(app): State<AppState>,
+    q: Result<Query<SummaryQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, Problem> {
+    let Query(q) = q.map_err(|e| Problem::new(StatusCode::BAD_REQUEST, "Invalid query parameter", e.body_text()))?;
+    let stale_minutes = q.stale_minutes.unwrap_or(15);
+    let mut s = app.engine.state.summary(now_ms() - i64::from(stale_minutes) * 60_000);
+    let body = serde_json::json!({
+        "vehicles": s.vehicles,
+        "by_state": std::mem::take(&mut s.by_state),
+        "battery_pct": std::mem::take(&mut s.battery),
+        "stale": s.stale,
+        "stale_minutes": stale_minutes,
+    });
+    Ok(json_response(StatusCode::OK, body.to_string()))
+}
+
+async fn readyz(State(app): State<AppState>) -> Response {
+    let t = &app.engine.transport;
+    if t.queue_depth() * 10 >= t.capacity() * 9 {
+        return Problem::unavailable("the ingest pipeline is nearly full", app.config.retry_after_secs).into_response();
+    }
+    "ready\n".into_response()
+}
+
+async fn metrics_text(State(app): State<AppState>) -> Response {
+    metrics::gauge!(m::QUEUE_DEPTH_FIXES).set(app.engine.transport.queue_depth() as f64);
+    metrics::gauge!(m::STATE_VEHICLES).set(app.engine.state.len() as f64);
+    let text = app.metrics.as_ref().map(|h| h.render()).unwrap_or_default();
+    (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        text,
+    )
+        .into_response()
+}
+
+/// How long a server waits for in-flight requests at shutdown before it gives up on them.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);

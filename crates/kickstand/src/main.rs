@@ -1,1 +1,76 @@
-fn main() {}
+//! The `kickstand` binary: `run` (everything in one process), `export`, `bench`.
+//!
+//! Thin by design: it parses flags, loads [`settings::Settings`], and wires the engine to the
+//! HTTP API. Everything with behaviour lives in the library crates.
+
+mod alloc;
+mod bench;
+mod export;
+mod server;
+mod settings;
+mod sim;
+
+use clap::{Parser, Subcommand};
+use figment::Figment;
+use figment::providers::Serialized;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+#[global_allocator]
+static ALLOC: alloc::Counting = alloc::Counting;
+
+#[derive(Parser)]
+#[command(name = "kickstand", version, about = "Self-hostable tracking and operations for shared e-scooter fleets")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the whole service in one process on embedded defaults.
+    Run(RunArgs),
+    /// Export history as NDJSON or GeoJSON (the server must not be running on the directory).
+    Export(export::ExportArgs),
+    /// Start an engine on a temporary directory, load it over real HTTP, print figures as JSON.
+    Bench(bench::BenchArgs),
+}
+
+#[derive(clap::Args)]
+struct RunArgs {
+    /// Address to listen on [default: 127.0.0.1:8080].
+    #[arg(long)]
+    listen: Option<SocketAddr>,
+    /// Data directory [default: ./kickstand-data].
+    #[arg(long)]
+    data: Option<PathBuf>,
+    /// TOML settings file (see kickstand.example.toml).
+    #[arg(long, env = "KICKSTAND_CONFIG")]
+    config: Option<PathBuf>,
+    /// Worker threads (0 = one per core).
+    #[arg(long)]
+    workers: Option<usize>,
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Run(args) => {
+            let mut flags = Figment::new();
+            if let Some(l) = args.listen {
+                flags = flags.merge(Serialized::default("listen", l.to_string()));
+            }
+            if let Some(d) = args.data {
+                flags = flags.merge(Serialized::default("data_dir", d));
+            }
+            if let Some(w) = args.workers {
+                flags = flags.merge(Serialized::default("engine.workers", w));
+            }
+            let settings = settings::Settings::load(args.config.as_deref(), flags)?;
+            server::init_tracing(&settings.log)?;
+            server::run_blocking(settings)
+        }
+        Command::Export(args) => export::run(args),
+        Command::Bench(args) => bench::run(args),
+    }
+}

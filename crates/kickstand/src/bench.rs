@@ -1,0 +1,423 @@
+//! `kickstand bench`: starts the engine on a temporary directory, drives it over real HTTP from
+//! a load generator in the same binary with simulated scooters, and prints one JSON object of
+//! figures. A program, not a test: the figures go into BENCHMARKS.md.
+//!
+//! Phases: (1) batched ingest of a 100,000-vehicle fleet, concurrent connections, every request
+//! acked only when durable; (2) `GET /vehicles/{id}` and `near` (500 m) under concurrent
+//! requests against that fleet; (3) one vehicle's 24-hour track at 1 Hz; (4) bytes on disk per
+//! point for 1 Hz traces, after the buckets closed and were compacted; (5) heap bytes per vehicle
+//! of the latest-state store.
+
+use crate::sim::{self, SEOUL, Scooter};
+use anyhow::Context;
+use axum::body::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::client::conn::http1::SendRequest;
+use hyper_util::rt::TokioIo;
+use kickstand_engine::state::{MemoryState, StateStore};
+use kickstand_engine::{Engine, EngineConfig};
+use kickstand_http::HttpConfig;
+use serde_json::json;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+#[derive(clap::Args)]
+pub struct BenchArgs {
+    /// Vehicles in the fleet.
+    #[arg(long, default_value_t = 100_000)]
+    vehicles: usize,
+    /// Seconds of 1 Hz reports per vehicle sent in the ingest phase.
+    #[arg(long, default_value_t = 40)]
+    seconds: usize,
+    /// Fixes per HTTP request.
+    #[arg(long, default_value_t = 1000)]
+    batch: usize,
+    /// Concurrent connections of the load generator.
+    #[arg(long, default_value_t = 16)]
+    connections: usize,
+    /// Requests per query benchmark.
+    #[arg(long, default_value_t = 20_000)]
+    queries: usize,
+    /// Worker threads of the engine (0 = one per core).
+    #[arg(long, default_value_t = 0)]
+    workers: usize,
+    /// Vehicles × hours of 1 Hz traces for the bytes-per-point phase.
+    #[arg(long, default_value_t = 200)]
+    storage_vehicles: usize,
+    #[arg(long, default_value_t = 3)]
+    storage_hours: usize,
+    /// Seed of the simulation.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Keep the temporary directory (its path is printed).
+    #[arg(long)]
+    keep: bool,
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i]
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+fn round3(v: f64) -> f64 {
+    (v * 1000.0).round() / 1000.0
+}
+
+/// A server started in this process on a temporary directory.
+struct Server {
+    addr: SocketAddr,
+    engine: Arc<Engine>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+async fn start_server(dir: &Path, config: EngineConfig) -> anyhow::Result<Server> {
+    let d = dir.to_path_buf();
+    let engine = Arc::new(tokio::task::spawn_blocking(move || Engine::start_embedded(&d, config)).await??);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(crate::server::serve(listener, engine.clone(), HttpConfig::default(), async {
+        let _ = rx.await;
+    }));
+    Ok(Server { addr, engine, stop: Some(tx), task })
+}
+
+impl Server {
+    async fn stop(mut self) -> anyhow::Result<()> {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        self.task.await??;
+        Ok(())
+    }
+}
+
+async fn connect(addr: SocketAddr) -> anyhow::Result<SendRequest<Full<Bytes>>> {
+    let stream = tokio::net::TcpStream::connect(addr).await?;
+    stream.set_nodelay(true)?;
+    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+    tokio::spawn(conn);
+    Ok(sender)
+}
+
+async fn request(
+    sender: &mut SendRequest<Full<Bytes>>,
+    method: hyper::Method,
+    path: &str,
+    body: Bytes,
+) -> anyhow::Result<(u16, Bytes)> {
+    sender.ready().await?;
+    let req = hyper::Request::builder()
+        .method(method)
+        .uri(path)
+        .header("host", "bench")
+        .header("content-type", "application/json")
+        .body(Full::new(body))?;
+    let resp = sender.send_request(req).await?;
+    let status = resp.status().as_u16();
+    let body = resp.into_body().collect().await?.to_bytes();
+    Ok((status, body))
+}
+
+/// Simulates `vehicles` scooters for `seconds` at 1 Hz ending at `end_ms`, as request bodies of
+/// `batch` fixes, in time order (each body: consecutive vehicles at one tick).
+fn generate(vehicles: usize, seconds: usize, batch: usize, end_ms: i64, seed: u64) -> (Vec<Bytes>, usize) {
+    let mut fleet: Vec<Scooter> = (0..vehicles).map(|i| Scooter::new(i, &SEOUL, seed)).collect();
+    let mut bodies = Vec::new();
+    let mut fixes = 0;
+    let start = end_ms - seconds as i64 * 1000;
+    for t in 0..seconds {
+        let ts = start + t as i64 * 1000;
+        for group in fleet.chunks_mut(batch) {
+            let mut body = Vec::with_capacity(group.len() * 230 + 2);
+            body.push(b'[');
+            for (i, s) in group.iter_mut().enumerate() {
+                s.step(1.0, &SEOUL);
+                let fix = s.fix(ts, &SEOUL);
+                if i > 0 {
+                    body.push(b',');
+                }
+                sim::write_json(&mut body, &fix);
+                fixes += 1;
+            }
+            body.push(b']');
+            bodies.push(Bytes::from(body));
+        }
+    }
+    (bodies, fixes)
+}
+
+struct LoadResult {
+    accepted: u64,
+    elapsed: Duration,
+    latencies_ms: Vec<f64>,
+    retries: u64,
+}
+
+/// Sends every body over `connections` connections; retries a 503 after a short pause.
+async fn load(addr: SocketAddr, bodies: Arc<Vec<Bytes>>, connections: usize) -> anyhow::Result<LoadResult> {
+    let next = Arc::new(AtomicUsize::new(0));
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..connections {
+        let bodies = bodies.clone();
+        let next = next.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut sender = connect(addr).await?;
+            let mut lat = Vec::new();
+            let (mut accepted, mut retries) = (0u64, 0u64);
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                let Some(body) = bodies.get(i) else { break };
+                loop {
+                    let t = Instant::now();
+                    let (status, resp) = request(&mut sender, hyper::Method::POST, "/api/v1/telemetry", body.clone()).await?;
+                    match status {
+                        202 => {
+                            lat.push(ms(t.elapsed()));
+                            let v: serde_json::Value = serde_json::from_slice(&resp)?;
+                            accepted += v["accepted"].as_u64().unwrap_or(0);
+                            break;
+                        }
+                        503 => {
+                            retries += 1;
+                            tokio::time::sleep(Duration::from_millis(5)).await;
+                        }
+                        s => anyhow::bail!("ingest answered {s}: {}", String::from_utf8_lossy(&resp)),
+                    }
+                }
+            }
+            anyhow::Ok((accepted, retries, lat))
+        }));
+    }
+    let mut result = LoadResult { accepted: 0, elapsed: Duration::ZERO, latencies_ms: Vec::new(), retries: 0 };
+    for t in tasks {
+        let (a, r, l) = t.await??;
+        result.accepted += a;
+        result.retries += r;
+        result.latencies_ms.extend(l);
+    }
+    result.elapsed = started.elapsed();
+    result.latencies_ms.sort_by(f64::total_cmp);
+    Ok(result)
+}
+
+/// Runs `paths` GETs over `connections` connections; returns sorted latencies in ms.
+async fn query_load(addr: SocketAddr, paths: Arc<Vec<String>>, connections: usize) -> anyhow::Result<Vec<f64>> {
+    let next = Arc::new(AtomicUsize::new(0));
+    let mut tasks = Vec::new();
+    for _ in 0..connections {
+        let paths = paths.clone();
+        let next = next.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut sender = connect(addr).await?;
+            let mut lat = Vec::new();
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                let Some(path) = paths.get(i) else { break };
+                let t = Instant::now();
+                let (status, body) = request(&mut sender, hyper::Method::GET, path, Bytes::new()).await?;
+                lat.push(ms(t.elapsed()));
+                anyhow::ensure!(status == 200, "{path} answered {status}: {}", String::from_utf8_lossy(&body));
+            }
+            anyhow::Ok(lat)
+        }));
+    }
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await??);
+    }
+    all.sort_by(f64::total_cmp);
+    Ok(all)
+}
+
+fn dir_bytes(path: &Path) -> u64 {
+    let mut total = 0;
+    if let Ok(entries) = std::fs::read_dir(path) {
+        for e in entries.flatten() {
+            match e.metadata() {
+                Ok(m) if m.is_dir() => total += dir_bytes(&e.path()),
+                Ok(m) => total += m.len(),
+                Err(_) => {}
+            }
+        }
+    }
+    total
+}
+
+pub fn run(args: BenchArgs) -> anyhow::Result<()> {
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    rt.block_on(run_async(args))
+}
+
+async fn run_async(args: BenchArgs) -> anyhow::Result<()> {
+    let tmp = tempfile::Builder::new().prefix("kickstand-bench-").tempdir_in(std::env::current_dir()?)?;
+    let config = EngineConfig {
+        workers: args.workers,
+        ..EngineConfig::default()
+    };
+    let end = now_ms() - 60_000;
+
+    // Phase 1: ingest.
+    eprintln!("generating {} vehicles × {} s …", args.vehicles, args.seconds);
+    let (bodies, fixes) = generate(args.vehicles, args.seconds, args.batch, end, args.seed);
+    let body_bytes: usize = bodies.iter().map(|b| b.len()).sum();
+    let server = start_server(&tmp.path().join("main"), config.clone()).await?;
+    eprintln!("ingesting {fixes} fixes ({} MB of JSON) over {} connections …", body_bytes >> 20, args.connections);
+    let bodies = Arc::new(bodies);
+    let ingest = load(server.addr, bodies.clone(), args.connections).await?;
+    anyhow::ensure!(ingest.accepted as usize == fixes, "accepted {} of {fixes}", ingest.accepted);
+    drop(bodies);
+    let ingest_rate = ingest.accepted as f64 / ingest.elapsed.as_secs_f64();
+    eprintln!("  {:.0} points/s, ack p99 {:.1} ms", ingest_rate, percentile(&ingest.latencies_ms, 0.99));
+
+    // Phase 2: queries against the fleet just loaded.
+    let mut rng = sim::Rng::new(args.seed);
+    let latest_paths: Vec<String> = (0..args.queries)
+        .map(|_| format!("/api/v1/vehicles/scooter-{:06}", rng.next_u64() as usize % args.vehicles))
+        .collect();
+    let near_paths: Vec<String> = (0..args.queries)
+        .map(|_| {
+            let lat = SEOUL.lat + rng.range(-0.04, 0.04);
+            let lon = SEOUL.lon + rng.range(-0.05, 0.05);
+            format!("/api/v1/vehicles?near={lat:.6},{lon:.6}&radius_m=500&limit=100")
+        })
+        .collect();
+    eprintln!("querying latest state and near …");
+    let latest = query_load(server.addr, Arc::new(latest_paths), 8).await?;
+    let near = query_load(server.addr, Arc::new(near_paths), 8).await?;
+    let vehicles_loaded = server.engine.state.len();
+
+    // Phase 3: one vehicle's 24-hour track at 1 Hz.
+    eprintln!("loading and reading a 24-hour track …");
+    let track_end = end - 3_600_000;
+    let mut s = Scooter::new(999_999_999, &SEOUL, args.seed);
+    let mut bodies = Vec::new();
+    let day_start = track_end - 86_400_000 + 1000;
+    for chunk in (0..86_400i64).collect::<Vec<_>>().chunks(5000) {
+        let mut body = vec![b'['];
+        for (i, t) in chunk.iter().enumerate() {
+            s.step(1.0, &SEOUL);
+            let mut fix = s.fix(day_start + t * 1000, &SEOUL);
+            fix.vehicle_id = kickstand_domain::VehicleId::new("bench-track").expect("valid");
+            if i > 0 {
+                body.push(b',');
+            }
+            sim::write_json(&mut body, &fix);
+        }
+        body.push(b']');
+        bodies.push(Bytes::from(body));
+    }
+    let track_load = load(server.addr, Arc::new(bodies), 4).await?;
+    anyhow::ensure!(track_load.accepted == 86_400, "track accepted {}", track_load.accepted);
+    // Let the checkpoint move the day into the engine, as it is for any past day.
+    tokio::time::sleep(Duration::from_millis(config.embedded.checkpoint_interval_ms + 1500)).await;
+    let engine = server.engine.clone();
+    tokio::task::spawn_blocking(move || engine.history.maintain(now_ms())).await??;
+    let mut sender = connect(server.addr).await?;
+    let path = format!("/api/v1/vehicles/bench-track/track?from={day_start}&to={track_end}");
+    let mut track_ms = Vec::new();
+    for _ in 0..7 {
+        let t = Instant::now();
+        let (status, body) = request(&mut sender, hyper::Method::GET, &path, Bytes::new()).await?;
+        track_ms.push(ms(t.elapsed()));
+        anyhow::ensure!(status == 200, "track answered {status}");
+        let v: serde_json::Value = serde_json::from_slice(&body)?;
+        anyhow::ensure!(v["count"] == 86_400, "track returned {}", v["count"]);
+    }
+    track_ms.sort_by(f64::total_cmp);
+    server.stop().await?;
+
+    // Phase 4: bytes per point for 1 Hz traces.
+    eprintln!("measuring bytes per point ({} vehicles × {} h at 1 Hz) …", args.storage_vehicles, args.storage_hours);
+    let store_dir = tmp.path().join("storage");
+    let server = start_server(&store_dir, config.clone()).await?;
+    let storage_end = end - 2 * 3_600_000;
+    let (bodies, stored_fixes) = generate(
+        args.storage_vehicles,
+        args.storage_hours * 3600,
+        args.batch,
+        storage_end,
+        args.seed + 1,
+    );
+    let stored = load(server.addr, Arc::new(bodies), args.connections).await?;
+    anyhow::ensure!(stored.accepted as usize == stored_fixes, "storage phase accepted {}", stored.accepted);
+    server.stop().await?;
+    // Reopen, close every bucket and compact it, as the upkeep thread does an hour later.
+    let (history_bytes, buckets) = {
+        let dir = store_dir.join("history");
+        let span = config.span()?;
+        let embedded = config.embedded.clone();
+        tokio::task::spawn_blocking(move || -> anyhow::Result<(u64, u64)> {
+            use kickstand_engine::history::HistoryStore;
+            let h = kickstand_engine::history::embedded::EmbeddedHistory::open(&dir, span, embedded)?;
+            h.maintain(now_ms() + 86_400_000)?;
+            let stats = h.stats()?;
+            Ok((stats.disk_bytes, stats.buckets))
+        })
+        .await??
+    };
+    let du = dir_bytes(&store_dir);
+
+    // Phase 5: memory per vehicle of the latest-state store.
+    let state_bytes = {
+        let mut fleet: Vec<Scooter> = (0..args.vehicles).map(|i| Scooter::new(i, &SEOUL, args.seed)).collect();
+        let fixes: Vec<_> = fleet.iter_mut().map(|s| s.fix(end, &SEOUL)).collect();
+        crate::alloc::start();
+        let state = MemoryState::default();
+        for chunk in fixes.chunks(1000) {
+            state.apply(chunk);
+        }
+        let bytes = crate::alloc::stop();
+        anyhow::ensure!(state.len() == args.vehicles, "state holds {}", state.len());
+        // The ids the state clones are inline (≤ 24 bytes); nothing else is counted.
+        drop(state);
+        bytes as f64 / args.vehicles as f64
+    };
+
+    let figures = json!({
+        "ingest_points_per_s": ingest_rate.round(),
+        "ingest_ack_p50_ms": round3(percentile(&ingest.latencies_ms, 0.50)),
+        "ingest_ack_p99_ms": round3(percentile(&ingest.latencies_ms, 0.99)),
+        "ingest_retries_503": ingest.retries,
+        "ingest_fixes": fixes,
+        "ingest_batch": args.batch,
+        "ingest_connections": args.connections,
+        "latest_p50_ms": round3(percentile(&latest, 0.50)),
+        "latest_p99_ms": round3(percentile(&latest, 0.99)),
+        "near_p50_ms": round3(percentile(&near, 0.50)),
+        "near_p99_ms": round3(percentile(&near, 0.99)),
+        "near_vehicles": vehicles_loaded,
+        "track_24h_ms": round3(percentile(&track_ms, 0.5)),
+        "track_24h_min_ms": round3(track_ms[0]),
+        "bytes_per_point": round3(du as f64 / stored_fixes as f64),
+        "history_engine_bytes_per_point": round3(history_bytes as f64 / stored_fixes as f64),
+        "stored_points": stored_fixes,
+        "stored_buckets": buckets,
+        "state_bytes_per_vehicle": state_bytes.round(),
+        "workers": config.worker_count(),
+        "cores": std::thread::available_parallelism().map_or(0, |n| n.get()),
+    });
+    println!("{}", serde_json::to_string_pretty(&figures).context("figures")?);
+    if args.keep {
+        eprintln!("kept {}", tmp.keep().display());
+    }
+    Ok(())
+}

@@ -1,0 +1,103 @@
+//! `kickstand run`: the engine and the HTTP API in one process, with graceful shutdown.
+//!
+//! Shape after mini-redis: [`serve`] takes a bound listener and a shutdown future, so tests and
+//! the benchmark bind `127.0.0.1:0` and the binary passes SIGTERM/Ctrl-C.
+
+use crate::settings::{LogSettings, Settings};
+use anyhow::Context;
+use kickstand_engine::Engine;
+use kickstand_http::{AppState, HttpConfig, router};
+use metrics_exporter_prometheus::PrometheusHandle;
+use std::future::Future;
+use std::sync::Arc;
+use tokio::net::TcpListener;
+
+pub fn init_tracing(log: &LogSettings) -> anyhow::Result<()> {
+    let filter = tracing_subscriber::EnvFilter::try_new(&log.level).context("log.level")?;
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if log.format == "json" {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+    Ok(())
+}
+
+/// Installs the Prometheus recorder once per process.
+pub fn metrics_handle() -> Option<PrometheusHandle> {
+    static HANDLE: std::sync::OnceLock<Option<PrometheusHandle>> = std::sync::OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            metrics_exporter_prometheus::PrometheusBuilder::new()
+                .install_recorder()
+                .map_err(|error| tracing::warn!(message = "metrics recorder not installed", %error))
+                .ok()
+        })
+        .clone()
+}
+
+/// Serves the API on `listener` until `shutdown` resolves, then drains the engine.
+pub async fn serve(
+    listener: TcpListener,
+    engine: Arc<Engine>,
+    http: HttpConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let app = router(AppState {
+        engine: engine.clone(),
+        config: http,
+        metrics: metrics_handle(),
+    });
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await
+        .context("HTTP server failed")?;
+    tracing::info!(message = "HTTP server stopped; draining the pipeline");
+    tokio::task::spawn_blocking(move || engine.shutdown()).await?;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = term => {},
+    }
+    tracing::info!(message = "shutdown requested");
+}
+
+pub fn run_blocking(settings: Settings) -> anyhow::Result<()> {
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    rt.block_on(async move {
+        std::fs::create_dir_all(&settings.data_dir)
+            .with_context(|| format!("cannot create data directory {}", settings.data_dir.display()))?;
+        let engine = {
+            let dir = settings.data_dir.clone();
+            let cfg = settings.engine.clone();
+            tokio::task::spawn_blocking(move || Engine::start_embedded(&dir, cfg))
+                .await?
+                .with_context(|| format!("cannot open the data directory {}", settings.data_dir.display()))?
+        };
+        let engine = Arc::new(engine);
+        let listener = TcpListener::bind(settings.listen)
+            .await
+            .with_context(|| format!("cannot listen on {}", settings.listen))?;
+        let addr = listener.local_addr()?;
+        tracing::info!(message = "kickstand is running", %addr, data_dir = %settings.data_dir.display(), workers = settings.engine.worker_count());
+        println!("Kickstand is running: http://{addr}/  (data in {})", settings.data_dir.display());
+        serve(listener, engine, settings.http, shutdown_signal()).await
+    })
+}

@@ -1,0 +1,126 @@
+//! One typed settings struct, layered: compiled-in defaults, then an optional TOML file, then
+//! `KICKSTAND_*` environment variables (`__` separates nesting: `KICKSTAND_ENGINE__WORKERS=4`),
+//! then command-line flags. Validated before anything starts.
+
+use anyhow::Context;
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use kickstand_engine::EngineConfig;
+use kickstand_http::HttpConfig;
+use serde::{Deserialize, Serialize};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Settings {
+    /// Address the HTTP API listens on.
+    pub listen: SocketAddr,
+    /// Directory that holds all of Kickstand's data (history, write-ahead log).
+    pub data_dir: PathBuf,
+    pub log: LogSettings,
+    pub engine: EngineConfig,
+    pub http: HttpConfig,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogSettings {
+    /// A `tracing` filter, e.g. `info` or `kickstand_engine=debug,info`.
+    pub level: String,
+    /// `text` for people, `json` for log pipelines.
+    pub format: String,
+}
+
+impl Default for LogSettings {
+    fn default() -> Self {
+        LogSettings {
+            level: "info".into(),
+            format: "text".into(),
+        }
+    }
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            listen: "127.0.0.1:8080".parse().expect("a valid address"),
+            data_dir: PathBuf::from("kickstand-data"),
+            log: LogSettings::default(),
+            engine: EngineConfig::default(),
+            http: HttpConfig::default(),
+        }
+    }
+}
+
+/// Environment variables with the prefix that are not settings (test switches, the config path).
+const NOT_SETTINGS: [&str; 3] = ["test_", "require_services", "config"];
+
+impl Settings {
+    /// Loads defaults ← `file` ← environment ← `overrides` (flags given on the command line).
+    pub fn load(file: Option<&Path>, overrides: Figment) -> anyhow::Result<Settings> {
+        let mut fig = Figment::from(Serialized::defaults(Settings::default()));
+        if let Some(path) = file {
+            anyhow::ensure!(path.exists(), "config file {} does not exist", path.display());
+            fig = fig.merge(Toml::file(path));
+        }
+        let env = Env::prefixed("KICKSTAND_")
+            .filter(|k| !NOT_SETTINGS.iter().any(|p| k.as_str().starts_with(p)))
+            .split("__");
+        let settings: Settings = fig
+            .merge(env)
+            .merge(overrides)
+            .extract()
+            .context("invalid settings")?;
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    pub fn validate(&self) -> anyhow::Result<()> {
+        self.engine.span().context("engine.bucket_secs")?;
+        anyhow::ensure!(self.engine.queue_fixes > 0, "engine.queue_fixes must be positive");
+        anyhow::ensure!(self.engine.group_max_fixes > 0, "engine.group_max_fixes must be positive");
+        anyhow::ensure!(self.http.body_limit_bytes >= 1024, "http.body_limit_bytes must be at least 1024");
+        anyhow::ensure!(
+            matches!(self.log.format.as_str(), "text" | "json"),
+            "log.format must be text or json"
+        );
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_example_config_parses_and_matches_the_defaults_it_documents() {
+        let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../kickstand.example.toml");
+        let s = Settings::load(Some(&example), Figment::new()).unwrap();
+        let d = Settings::default();
+        assert_eq!(s.listen, d.listen);
+        assert_eq!(s.engine.bucket_secs, d.engine.bucket_secs);
+        assert_eq!(s.http.body_limit_bytes, d.http.body_limit_bytes);
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let bad = dir.path().join("bad.toml");
+        std::fs::write(&bad, "[engine]\nworkerz = 3\n").unwrap();
+        assert!(Settings::load(Some(&bad), Figment::new()).is_err());
+        std::fs::write(&bad, "[engine]\nbucket_secs = 7\n").unwrap();
+        assert!(Settings::load(Some(&bad), Figment::new()).is_err());
+    }
+
+    #[test]
+    fn flags_override_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("k.toml");
+        std::fs::write(&f, "listen = \"127.0.0.1:9000\"\n[engine]\nworkers = 3\n").unwrap();
+        let flags = Figment::from(Serialized::default("listen", "127.0.0.1:9001"));
+        let s = Settings::load(Some(&f), flags).unwrap();
+        assert_eq!(s.listen.port(), 9001);
+        assert_eq!(s.engine.workers, 3);
+    }
+}
