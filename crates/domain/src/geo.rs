@@ -72,7 +72,7 @@ impl BBox {
 }
 
 /// The spatial grid: cells of `1 / CELLS_PER_DEGREE` degrees (about 550 m of latitude), keyed
-/// by one `u64`, so a 500 m `near` query touches at most 9 cells at mid latitudes.
+/// by one `u64`, so a 500 m `near` query touches about a dozen cells at mid latitudes.
 pub const CELLS_PER_DEGREE: f64 = 200.0;
 
 /// The grid cell holding a point given in millionths of a degree.

@@ -94,7 +94,11 @@ fn now_ms() -> i64 {
 impl Engine {
     /// Starts the engine on embedded defaults with its data in `data_dir`.
     pub fn start_embedded(data_dir: &Path, config: EngineConfig) -> Result<Engine, EngineError> {
-        let history = EmbeddedHistory::open(&data_dir.join("history"), config.span()?, config.embedded.clone())?;
+        let history = EmbeddedHistory::open(
+            &data_dir.join("history"),
+            config.span()?,
+            config.embedded.clone(),
+        )?;
         Engine::start(Arc::new(history), Arc::new(MemoryState::default()), config)
     }
 
@@ -119,7 +123,11 @@ impl Engine {
         })?;
         restored += batch.len();
         state.apply(&batch);
-        tracing::info!(message = "latest state restored", vehicles = restored, elapsed_ms = started.elapsed().as_millis() as u64);
+        tracing::info!(
+            message = "latest state restored",
+            vehicles = restored,
+            elapsed_ms = started.elapsed().as_millis() as u64
+        );
 
         let n = config.worker_count();
         let (transport, receivers) = InProcessTransport::new(n, config.queue_fixes);
@@ -140,15 +148,17 @@ impl Engine {
             let state = state.clone();
             let interval = Duration::from_secs(config.maintenance_interval_secs.max(1));
             let retain_ms = i64::from(config.retain_days) * 86_400_000;
-            std::thread::Builder::new().name("upkeep".into()).spawn(move || {
-                loop {
-                    match stop_rx.recv_timeout(interval) {
-                        Err(crossbeam_channel::RecvTimeoutError::Timeout) => {}
-                        _ => return,
+            std::thread::Builder::new()
+                .name("upkeep".into())
+                .spawn(move || {
+                    loop {
+                        match stop_rx.recv_timeout(interval) {
+                            Err(crossbeam_channel::RecvTimeoutError::Timeout) => {}
+                            _ => return,
+                        }
+                        upkeep_pass(history.as_ref(), state.as_ref(), retain_ms);
                     }
-                    upkeep_pass(history.as_ref(), state.as_ref(), retain_ms);
-                }
-            })?
+                })?
         };
         Ok(Engine {
             transport: Arc::new(transport),

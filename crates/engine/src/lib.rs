@@ -25,3 +25,8 @@ pub mod transport;
 pub mod worker;
 
 pub use engine::{Engine, EngineConfig, EngineError};
+
+/// The maps on the hot path (per-vehicle lookups for every fix) use foldhash, several times
+/// faster than SipHash on short ids and still seeded per process.
+pub(crate) type FastMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
+pub(crate) type FastSet<K> = std::collections::HashSet<K, foldhash::fast::RandomState>;

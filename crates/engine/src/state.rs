@@ -10,11 +10,12 @@
 //! **Contract:** the latest state never moves back in time: `apply` ignores a fix that is not
 //! newer than the one held.
 
+use crate::FastMap;
 use kickstand_domain::geo::{self, BBox};
 use kickstand_domain::{Fix, Point, VehicleId, VehicleState};
 use parking_lot::RwLock;
 use serde::Serialize;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 
 /// A vehicle and its newest fix.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -39,7 +40,7 @@ impl StateFilter {
             return false;
         }
         if let Some(b) = self.battery_below_dpct
-            && !p.battery_dpct.is_some_and(|v| v < b)
+            && p.battery_dpct.is_none_or(|v| v >= b)
         {
             return false;
         }
@@ -101,9 +102,9 @@ struct Slot {
 
 #[derive(Default)]
 struct Shard {
-    index: HashMap<VehicleId, u32>,
+    index: FastMap<VehicleId, u32>,
     slots: Vec<Slot>,
-    grid: HashMap<u64, Vec<u32>>,
+    grid: FastMap<u64, Vec<u32>>,
 }
 
 impl Shard {
@@ -193,7 +194,10 @@ impl StateStore for MemoryState {
             return;
         }
         // Take each shard's lock once per batch.
-        let owners: Vec<u8> = fixes.iter().map(|f| shard_of(&f.vehicle_id) as u8).collect();
+        let owners: Vec<u8> = fixes
+            .iter()
+            .map(|f| shard_of(&f.vehicle_id) as u8)
+            .collect();
         for (s, shard) in self.shards.iter().enumerate() {
             let mut guard = None;
             for (fix, &o) in fixes.iter().zip(&owners) {
@@ -218,29 +222,60 @@ impl StateStore for MemoryState {
         limit: usize,
     ) -> Vec<(VehicleView, f64)> {
         let bbox = BBox::around(lat, lon, radius_m);
-        let mut found = Vec::new();
+        // The box test in stored integers first; the exact distance only for what is inside.
+        let lat_lo = (bbox.min_lat * 1e6).floor() as i32;
+        let lat_hi = (bbox.max_lat * 1e6).ceil() as i32;
+        let lon_lo = (bbox.min_lon * 1e6).floor() as i32;
+        let lon_hi = (bbox.max_lon * 1e6).ceil() as i32;
+        let m_per_deg = geo::EARTH_RADIUS_M.to_radians();
+        let coslat = lat.to_radians().cos();
+        let (inner2, outer2) = ((radius_m * 0.999).powi(2), (radius_m * 1.001).powi(2));
+        let mut found: Vec<(f64, VehicleView)> = Vec::new();
         for shard in &self.shards {
             let shard = shard.read();
             for_cells(&shard, &bbox, |slot| {
                 let p = &slot.point;
-                if !bbox.contains(p.lat(), p.lon()) || !filter.matches(p) {
+                if p.lat_e6 < lat_lo || p.lat_e6 > lat_hi || p.lon_e6 < lon_lo || p.lon_e6 > lon_hi
+                {
                     return;
                 }
-                let d = geo::distance_m(lat, lon, p.lat(), p.lon());
+                if !filter.matches(p) {
+                    return;
+                }
+                // A flat-earth distance decides all but the points within 0.1 % of the radius,
+                // which get the exact great-circle distance.
+                let dy = (p.lat() - lat) * m_per_deg;
+                let dx = (p.lon() - lon) * m_per_deg * coslat;
+                let approx2 = dx * dx + dy * dy;
+                if approx2 > outer2 {
+                    return;
+                }
+                let d = if approx2 < inner2 {
+                    approx2.sqrt()
+                } else {
+                    geo::distance_m(lat, lon, p.lat(), p.lon())
+                };
                 if d <= radius_m {
                     found.push((
+                        d,
                         VehicleView {
                             vehicle_id: slot.id.clone(),
                             point: *p,
                         },
-                        d,
                     ));
                 }
             });
         }
-        found.sort_by(|a, b| a.1.total_cmp(&b.1).then_with(|| a.0.vehicle_id.cmp(&b.0.vehicle_id)));
+        let by_distance = |a: &(f64, VehicleView), b: &(f64, VehicleView)| {
+            a.0.total_cmp(&b.0)
+                .then_with(|| a.1.vehicle_id.cmp(&b.1.vehicle_id))
+        };
+        if found.len() > limit && limit > 0 {
+            found.select_nth_unstable_by(limit - 1, by_distance);
+        }
         found.truncate(limit);
-        found
+        found.sort_unstable_by(by_distance);
+        found.into_iter().map(|(d, v)| (v, d)).collect()
     }
 
     fn within(
@@ -277,7 +312,9 @@ impl StateStore for MemoryState {
             s.by_state.insert(state.as_str().to_owned(), 0);
         }
         s.by_state.insert("unknown".into(), 0);
-        let labels: Vec<String> = (0..10).map(|i| format!("{}-{}", i * 10, i * 10 + 10)).collect();
+        let labels: Vec<String> = (0..10)
+            .map(|i| format!("{}-{}", i * 10, i * 10 + 10))
+            .collect();
         for l in &labels {
             s.battery.insert(l.clone(), 0);
         }
@@ -344,7 +381,10 @@ mod tests {
         s.apply(&fixes);
         // Each step is ~111 m: v0..v4 are within 500 m.
         let near = s.near(37.5, 127.0, 500.0, StateFilter::default(), 100);
-        let ids: Vec<_> = near.iter().map(|(v, _)| v.vehicle_id.as_str().to_owned()).collect();
+        let ids: Vec<_> = near
+            .iter()
+            .map(|(v, _)| v.vehicle_id.as_str().to_owned())
+            .collect();
         assert_eq!(ids, vec!["v0", "v1", "v2", "v3", "v4"]);
         assert!(near.windows(2).all(|w| w[0].1 <= w[1].1));
         // Moving a vehicle moves it in the grid.
@@ -356,7 +396,9 @@ mod tests {
     #[test]
     fn bbox_pages_with_a_cursor() {
         let s = MemoryState::default();
-        let fixes: Vec<Fix> = (0..50).map(|i| fix(&format!("v{i:02}"), 1, 10.0, 10.0 + f64::from(i) * 1e-4)).collect();
+        let fixes: Vec<Fix> = (0..50)
+            .map(|i| fix(&format!("v{i:02}"), 1, 10.0, 10.0 + f64::from(i) * 1e-4))
+            .collect();
         s.apply(&fixes);
         let bbox = BBox::parse("9,9,11,11").unwrap();
         let mut seen = Vec::new();
@@ -372,7 +414,10 @@ mod tests {
         assert_eq!(seen.len(), 50);
         assert!(seen.windows(2).all(|w| w[0] < w[1]));
         let world = BBox::parse("-180,-90,180,90").unwrap();
-        assert_eq!(s.within(world, StateFilter::default(), None, 1000).len(), 50);
+        assert_eq!(
+            s.within(world, StateFilter::default(), None, 1000).len(),
+            50
+        );
     }
 
     #[test]
@@ -385,7 +430,10 @@ mod tests {
         b.point.battery_dpct = Some(1000);
         b.point.state = Some(VehicleState::OnTrip);
         s.apply(&[a, b, fix("c", 5_000, 1.0, 1.0)]);
-        let low = StateFilter { battery_below_dpct: Some(200), ..StateFilter::default() };
+        let low = StateFilter {
+            battery_below_dpct: Some(200),
+            ..StateFilter::default()
+        };
         let v = s.near(1.0, 1.0, 10.0, low, 10);
         assert_eq!(v.len(), 1);
         assert_eq!(v[0].0.vehicle_id.as_str(), "a");

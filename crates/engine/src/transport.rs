@@ -75,9 +75,13 @@ impl InProcessTransport {
     pub fn new(
         workers: usize,
         capacity_fixes: usize,
-    ) -> (InProcessTransport, Vec<crossbeam_channel::Receiver<ShardBatch>>) {
-        let (senders, receivers): (Vec<_>, Vec<_>) =
-            (0..workers).map(|_| crossbeam_channel::bounded(4096)).unzip();
+    ) -> (
+        InProcessTransport,
+        Vec<crossbeam_channel::Receiver<ShardBatch>>,
+    ) {
+        let (senders, receivers): (Vec<_>, Vec<_>) = (0..workers)
+            .map(|_| crossbeam_channel::bounded(4096))
+            .unzip();
         (
             InProcessTransport {
                 senders: parking_lot::RwLock::new(Some(senders)),

@@ -4,25 +4,42 @@
 
 use kickstand_domain::timefmt::write_ms;
 use kickstand_domain::{Point, VehicleId};
-use std::fmt::Write;
 
-/// Writes `value / 10^decimals` as a JSON number, trailing zeros trimmed.
+/// Writes `value / 10^decimals` as a JSON number, trailing zeros trimmed, without allocating.
 pub fn fixed(out: &mut String, value: i64, decimals: u32) {
-    let scale = 10i64.pow(decimals);
-    if value < 0 {
-        out.push('-');
-    }
-    let v = value.unsigned_abs();
-    let (int, frac) = (v / scale as u64, v % scale as u64);
-    let _ = write!(out, "{int}");
-    if frac != 0 {
-        let mut digits = format!("{frac:0width$}", width = decimals as usize);
-        while digits.ends_with('0') {
-            digits.pop();
+    let mut buf = [0u8; 24];
+    let mut i = buf.len();
+    let mut v = value.unsigned_abs();
+    let mut frac_digits = 0;
+    // Fraction digits, skipping trailing zeros.
+    let mut started = false;
+    for _ in 0..decimals {
+        let d = (v % 10) as u8;
+        v /= 10;
+        if d != 0 || started {
+            started = true;
+            i -= 1;
+            buf[i] = b'0' + d;
+            frac_digits += 1;
         }
-        out.push('.');
-        out.push_str(&digits);
     }
+    if frac_digits > 0 {
+        i -= 1;
+        buf[i] = b'.';
+    }
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (v % 10) as u8;
+        v /= 10;
+        if v == 0 {
+            break;
+        }
+    }
+    if value < 0 {
+        i -= 1;
+        buf[i] = b'-';
+    }
+    out.push_str(std::str::from_utf8(&buf[i..]).expect("ASCII digits"));
 }
 
 /// Writes the fields of a point (without braces), starting with `"ts"`.
@@ -53,7 +70,11 @@ pub fn point_fields(out: &mut String, p: &Point) {
         out.push('"');
     }
     if let Some(l) = p.locked {
-        out.push_str(if l { ",\"locked\":true" } else { ",\"locked\":false" });
+        out.push_str(if l {
+            ",\"locked\":true"
+        } else {
+            ",\"locked\":false"
+        });
     }
 }
 
@@ -77,7 +98,15 @@ mod tests {
 
     #[test]
     fn fixed_point_numbers_are_exact() {
-        let cases = [(37_566_500, 6, "37.5665"), (-1, 6, "-0.000001"), (0, 1, "0"), (1000, 1, "100"), (-126_978_000, 6, "-126.978")];
+        let cases = [
+            (37_566_500, 6, "37.5665"),
+            (-1, 6, "-0.000001"),
+            (0, 1, "0"),
+            (1000, 1, "100"),
+            (-126_978_000, 6, "-126.978"),
+            (i64::MIN, 0, "-9223372036854775808"),
+            (123_000_450, 6, "123.00045"),
+        ];
         for (v, d, want) in cases {
             let mut s = String::new();
             fixed(&mut s, v, d);

@@ -11,12 +11,12 @@
 pub mod json;
 pub mod problem;
 
+use axum::Router;
 use axum::body::{Body, Bytes};
 use axum::extract::{Path, Query, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::Router;
 use kickstand_domain::geo::{self, BBox};
 use kickstand_domain::input::{BodyError, BodyFormat, parse_body};
 use kickstand_domain::timefmt::{parse_query_time, write_ms};
@@ -30,7 +30,7 @@ use problem::Problem;
 use serde::Deserialize;
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 /// Settings of the HTTP API (`[http]`).
 #[derive(Clone, Debug, Deserialize, serde::Serialize)]
@@ -93,7 +93,12 @@ fn body_format(headers: &HeaderMap) -> Result<BodyFormat, Problem> {
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("");
-    let essence = ct.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    let essence = ct
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
     match essence.as_str() {
         "application/json" => Ok(BodyFormat::Json),
         "application/x-ndjson" | "application/ndjson" => Ok(BodyFormat::Ndjson),
@@ -120,7 +125,11 @@ async fn read_body(body: Body, limit: usize) -> Result<Bytes, Problem> {
                 format!("the body is larger than the limit of {limit} bytes"),
             )
         } else {
-            Problem::new(StatusCode::BAD_REQUEST, "Unreadable body", "the body could not be read")
+            Problem::new(
+                StatusCode::BAD_REQUEST,
+                "Unreadable body",
+                "the body could not be read",
+            )
         }
     })
 }
@@ -155,7 +164,13 @@ async fn ingest_inner(app: &AppState, req: Request) -> Result<Response, Problem>
     let parsed = if body.len() > 512 * 1024 {
         tokio::task::spawn_blocking(move || parse_body(&body, format, now))
             .await
-            .map_err(|_| Problem::new(StatusCode::INTERNAL_SERVER_ERROR, "Internal error", "parsing failed"))?
+            .map_err(|_| {
+                Problem::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "Internal error",
+                    "parsing failed",
+                )
+            })?
     } else {
         parse_body(&body, format, now)
     };
@@ -193,7 +208,10 @@ async fn ingest_inner(app: &AppState, req: Request) -> Result<Response, Problem>
             SubmitError::ShuttingDown => Problem::unavailable("the server is shutting down", 5),
             SubmitError::Storage(detail) => {
                 tracing::error!(message = "ingest failed in storage", %detail);
-                Problem::unavailable("storage is failing; retry later", app.config.retry_after_secs)
+                Problem::unavailable(
+                    "storage is failing; retry later",
+                    app.config.retry_after_secs,
+                )
             }
         })?;
     let body = serde_json::json!({
@@ -206,14 +224,21 @@ async fn ingest_inner(app: &AppState, req: Request) -> Result<Response, Problem>
 
 fn vehicle_id(id: &str) -> Result<VehicleId, Problem> {
     VehicleId::new(id).map_err(|r| {
-        let mut p = Problem::new(StatusCode::BAD_REQUEST, "Invalid vehicle id", format!("vehicle_id {r}"));
+        let mut p = Problem::new(
+            StatusCode::BAD_REQUEST,
+            "Invalid vehicle id",
+            format!("vehicle_id {r}"),
+        );
         p.field = Some("vehicle_id");
         p
     })
 }
 
 /// `GET /api/v1/vehicles/{id}`: the latest state.
-async fn get_vehicle(State(app): State<AppState>, Path(id): Path<String>) -> Result<Response, Problem> {
+async fn get_vehicle(
+    State(app): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Response, Problem> {
     let id = vehicle_id(&id)?;
     let p = app
         .engine
@@ -240,7 +265,15 @@ fn num(q: &HashMap<String, String>, name: &'static str) -> Result<Option<f64>, P
         .transpose()
 }
 
-const KNOWN_LIST_PARAMS: [&str; 7] = ["near", "radius_m", "bbox", "state", "battery_lt", "limit", "cursor"];
+const KNOWN_LIST_PARAMS: [&str; 7] = [
+    "near",
+    "radius_m",
+    "bbox",
+    "state",
+    "battery_lt",
+    "limit",
+    "cursor",
+];
 
 /// `GET /api/v1/vehicles?near=LAT,LON&radius_m=R` or `?bbox=…`, with filters.
 async fn list_vehicles(
@@ -248,7 +281,11 @@ async fn list_vehicles(
     Query(q): Query<HashMap<String, String>>,
 ) -> Result<Response, Problem> {
     if let Some(unknown) = q.keys().find(|k| !KNOWN_LIST_PARAMS.contains(&k.as_str())) {
-        return Err(Problem::new(StatusCode::BAD_REQUEST, "Invalid query parameter", format!("unknown parameter {unknown:?}")));
+        return Err(Problem::new(
+            StatusCode::BAD_REQUEST,
+            "Invalid query parameter",
+            format!("unknown parameter {unknown:?}"),
+        ));
     }
     let mut filter = StateFilter::default();
     if let Some(s) = param(&q, "state") {
@@ -258,7 +295,10 @@ async fn list_vehicles(
     }
     if let Some(b) = num(&q, "battery_lt")? {
         if !(0.0..=100.0).contains(&b) {
-            return Err(Problem::bad_param("battery_lt", "battery_lt must be between 0 and 100"));
+            return Err(Problem::bad_param(
+                "battery_lt",
+                "battery_lt must be between 0 and 100",
+            ));
         }
         filter.battery_below_dpct = Some((b * 10.0).round() as u16);
     }
@@ -268,7 +308,9 @@ async fn list_vehicles(
             .parse::<usize>()
             .ok()
             .filter(|l| (1..=10_000).contains(l))
-            .ok_or_else(|| Problem::bad_param("limit", "limit must be an integer from 1 to 10000"))?,
+            .ok_or_else(|| {
+                Problem::bad_param("limit", "limit must be an integer from 1 to 10000")
+            })?,
     };
     let mut out = String::with_capacity(256 * limit.min(1000));
     out.push_str("{\"vehicles\":[");
@@ -276,15 +318,23 @@ async fn list_vehicles(
         (Some(near), None) => {
             let (lat, lon) = near
                 .split_once(',')
-                .and_then(|(a, b)| Some((a.trim().parse::<f64>().ok()?, b.trim().parse::<f64>().ok()?)))
+                .and_then(|(a, b)| {
+                    Some((a.trim().parse::<f64>().ok()?, b.trim().parse::<f64>().ok()?))
+                })
                 .filter(|(a, b)| (-90.0..=90.0).contains(a) && (-180.0..=180.0).contains(b))
                 .ok_or_else(|| Problem::bad_param("near", "near must be LAT,LON within range"))?;
             let radius = num(&q, "radius_m")?.unwrap_or(500.0);
             if !(0.0..=50_000.0).contains(&radius) {
-                return Err(Problem::bad_param("radius_m", "radius_m must be between 0 and 50000"));
+                return Err(Problem::bad_param(
+                    "radius_m",
+                    "radius_m must be between 0 and 50000",
+                ));
             }
             if param(&q, "cursor").is_some() {
-                return Err(Problem::bad_param("cursor", "cursor pages bbox queries; near returns the nearest `limit`"));
+                return Err(Problem::bad_param(
+                    "cursor",
+                    "cursor pages bbox queries; near returns the nearest `limit`",
+                ));
             }
             let found = app.engine.state.near(lat, lon, radius, filter, limit);
             for (i, (v, d)) in found.iter().enumerate() {
@@ -296,12 +346,19 @@ async fn list_vehicles(
             out.push_str("],\"next_cursor\":null}");
         }
         (None, Some(bbox)) => {
-            let bbox = BBox::parse(bbox).map_err(|r| Problem::bad_param("bbox", format!("bbox {r}")))?;
-            let after = param(&q, "cursor").map(vehicle_id).transpose().map_err(|mut p| {
-                p.field = Some("cursor");
-                p
-            })?;
-            let found = app.engine.state.within(bbox, filter, after.as_ref(), limit + 1);
+            let bbox =
+                BBox::parse(bbox).map_err(|r| Problem::bad_param("bbox", format!("bbox {r}")))?;
+            let after = param(&q, "cursor")
+                .map(vehicle_id)
+                .transpose()
+                .map_err(|mut p| {
+                    p.field = Some("cursor");
+                    p
+                })?;
+            let found = app
+                .engine
+                .state
+                .within(bbox, filter, after.as_ref(), limit + 1);
             let more = found.len() > limit;
             for (i, v) in found.iter().take(limit).enumerate() {
                 if i > 0 {
@@ -346,26 +403,50 @@ async fn track(
     Path(id): Path<String>,
     q: Result<Query<TrackQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, Problem> {
-    let Query(q) = q.map_err(|e| Problem::new(StatusCode::BAD_REQUEST, "Invalid query parameter", e.body_text()))?;
+    let Query(q) = q.map_err(|e| {
+        Problem::new(
+            StatusCode::BAD_REQUEST,
+            "Invalid query parameter",
+            e.body_text(),
+        )
+    })?;
     let id = vehicle_id(&id)?;
     let time = |name: &'static str, v: &Option<String>| -> Result<Option<i64>, Problem> {
         v.as_deref()
-            .map(|s| parse_query_time(s).ok_or_else(|| Problem::bad_param(name, format!("{name} must be RFC 3339 or epoch milliseconds"))))
+            .map(|s| {
+                parse_query_time(s).ok_or_else(|| {
+                    Problem::bad_param(
+                        name,
+                        format!("{name} must be RFC 3339 or epoch milliseconds"),
+                    )
+                })
+            })
             .transpose()
     };
     let to = time("to", &q.to)?.unwrap_or_else(now_ms);
-    let from = time("from", &q.from)?.unwrap_or(to - 3_600_000);
+    let from = time("from", &q.from)?.unwrap_or(to.saturating_sub(3_600_000));
     if from > to {
         return Err(Problem::bad_param("from", "from must not be after to"));
     }
-    let max_ms = app.config.max_track_hours as i64 * 3_600_000;
-    if to - from > max_ms {
-        return Err(Problem::bad_param("to", format!("a track may span at most {} hours; use kickstand export for more", app.config.max_track_hours)));
+    let max_ms = (app.config.max_track_hours as i64).saturating_mul(3_600_000);
+    if to.checked_sub(from).is_none_or(|span| span > max_ms) {
+        return Err(Problem::bad_param(
+            "to",
+            format!(
+                "a track may span at most {} hours; use kickstand export for more",
+                app.config.max_track_hours
+            ),
+        ));
     }
     let geojson = match q.format.as_deref() {
         None | Some("json") => false,
         Some("geojson") => true,
-        Some(_) => return Err(Problem::bad_param("format", "format must be json or geojson")),
+        Some(_) => {
+            return Err(Problem::bad_param(
+                "format",
+                "format must be json or geojson",
+            ));
+        }
     };
     let simplify = q
         .simplify_m
@@ -374,23 +455,34 @@ async fn track(
             s.parse::<f64>()
                 .ok()
                 .filter(|v| v.is_finite() && *v >= 0.0)
-                .ok_or_else(|| Problem::bad_param("simplify_m", "simplify_m must be a non-negative number of metres"))
+                .ok_or_else(|| {
+                    Problem::bad_param(
+                        "simplify_m",
+                        "simplify_m must be a non-negative number of metres",
+                    )
+                })
         })
         .transpose()?;
     let history = app.engine.history.clone();
     let render = move || -> Result<String, Problem> {
         let mut points = history.track(&id, from, to).map_err(|error| {
             tracing::error!(message = "track query failed", %error);
-            Problem::new(StatusCode::INTERNAL_SERVER_ERROR, "Internal error", "the history store failed")
+            Problem::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "Internal error",
+                "the history store failed",
+            )
         })?;
         if let Some(tol) = simplify {
             let line: Vec<(f64, f64)> = points.iter().map(|p| (p.lat(), p.lon())).collect();
             let keep = geo::simplify(&line, tol);
             points = keep.into_iter().map(|i| points[i]).collect();
         }
-        let mut out = String::with_capacity(64 + points.len() * 96);
+        let mut out = String::with_capacity(64 + points.len() * 160);
         if geojson {
-            out.push_str("{\"type\":\"Feature\",\"geometry\":{\"type\":\"LineString\",\"coordinates\":[");
+            out.push_str(
+                "{\"type\":\"Feature\",\"geometry\":{\"type\":\"LineString\",\"coordinates\":[",
+            );
             for (i, p) in points.iter().enumerate() {
                 if i > 0 {
                     out.push(',');
@@ -436,10 +528,18 @@ async fn track(
         Ok(out)
     };
     // Decoding a long track is CPU and engine I/O: keep it off the async workers.
-    let out = tokio::task::spawn_blocking(render)
-        .await
-        .map_err(|_| Problem::new(StatusCode::INTERNAL_SERVER_ERROR, "Internal error", "the query failed"))??;
-    let ct = if geojson { "application/geo+json" } else { "application/json" };
+    let out = tokio::task::spawn_blocking(render).await.map_err(|_| {
+        Problem::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "Internal error",
+            "the query failed",
+        )
+    })??;
+    let ct = if geojson {
+        "application/geo+json"
+    } else {
+        "application/json"
+    };
     Ok((StatusCode::OK, [(header::CONTENT_TYPE, ct)], out).into_response())
 }
 
@@ -454,9 +554,18 @@ async fn summary(
     State(app): State<AppState>,
     q: Result<Query<SummaryQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, Problem> {
-    let Query(q) = q.map_err(|e| Problem::new(StatusCode::BAD_REQUEST, "Invalid query parameter", e.body_text()))?;
+    let Query(q) = q.map_err(|e| {
+        Problem::new(
+            StatusCode::BAD_REQUEST,
+            "Invalid query parameter",
+            e.body_text(),
+        )
+    })?;
     let stale_minutes = q.stale_minutes.unwrap_or(15);
-    let mut s = app.engine.state.summary(now_ms() - i64::from(stale_minutes) * 60_000);
+    let mut s = app
+        .engine
+        .state
+        .summary(now_ms() - i64::from(stale_minutes) * 60_000);
     let body = serde_json::json!({
         "vehicles": s.vehicles,
         "by_state": std::mem::take(&mut s.by_state),
@@ -468,9 +577,17 @@ async fn summary(
 }
 
 async fn readyz(State(app): State<AppState>) -> Response {
+    if !app.engine.history.is_healthy() {
+        return Problem::unavailable("the history store has failed; see the logs", 30)
+            .into_response();
+    }
     let t = &app.engine.transport;
     if t.queue_depth() * 10 >= t.capacity() * 9 {
-        return Problem::unavailable("the ingest pipeline is nearly full", app.config.retry_after_secs).into_response();
+        return Problem::unavailable(
+            "the ingest pipeline is nearly full",
+            app.config.retry_after_secs,
+        )
+        .into_response();
     }
     "ready\n".into_response()
 }
@@ -486,6 +603,3 @@ async fn metrics_text(State(app): State<AppState>) -> Response {
     )
         .into_response()
 }
-
-/// How long a server waits for in-flight requests at shutdown before it gives up on them.
-pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);

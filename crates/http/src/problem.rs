@@ -47,7 +47,11 @@ impl Problem {
     }
 
     pub fn unavailable(detail: impl Into<String>, retry_after: u64) -> Problem {
-        let mut p = Problem::new(StatusCode::SERVICE_UNAVAILABLE, "Service unavailable", detail);
+        let mut p = Problem::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "Service unavailable",
+            detail,
+        );
         p.retry_after = Some(retry_after);
         p
     }

@@ -55,6 +55,10 @@ pub struct BenchArgs {
     /// Keep the temporary directory (its path is printed).
     #[arg(long)]
     keep: bool,
+    /// Run only these phases (comma-separated: ingest, storage, state); queries and the track
+    /// run with ingest.
+    #[arg(long, value_delimiter = ',', default_value = "ingest,storage,state")]
+    phases: Vec<String>,
 }
 
 fn now_ms() -> i64 {
@@ -89,14 +93,25 @@ struct Server {
 
 async fn start_server(dir: &Path, config: EngineConfig) -> anyhow::Result<Server> {
     let d = dir.to_path_buf();
-    let engine = Arc::new(tokio::task::spawn_blocking(move || Engine::start_embedded(&d, config)).await??);
+    let engine =
+        Arc::new(tokio::task::spawn_blocking(move || Engine::start_embedded(&d, config)).await??);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(crate::server::serve(listener, engine.clone(), HttpConfig::default(), async {
-        let _ = rx.await;
-    }));
-    Ok(Server { addr, engine, stop: Some(tx), task })
+    let task = tokio::spawn(crate::server::serve(
+        listener,
+        engine.clone(),
+        HttpConfig::default(),
+        async {
+            let _ = rx.await;
+        },
+    ));
+    Ok(Server {
+        addr,
+        engine,
+        stop: Some(tx),
+        task,
+    })
 }
 
 impl Server {
@@ -138,8 +153,16 @@ async fn request(
 
 /// Simulates `vehicles` scooters for `seconds` at 1 Hz ending at `end_ms`, as request bodies of
 /// `batch` fixes, in time order (each body: consecutive vehicles at one tick).
-fn generate(vehicles: usize, seconds: usize, batch: usize, end_ms: i64, seed: u64) -> (Vec<Bytes>, usize) {
-    let mut fleet: Vec<Scooter> = (0..vehicles).map(|i| Scooter::new(i, &SEOUL, seed)).collect();
+fn generate(
+    vehicles: usize,
+    seconds: usize,
+    batch: usize,
+    end_ms: i64,
+    seed: u64,
+) -> (Vec<Bytes>, usize) {
+    let mut fleet: Vec<Scooter> = (0..vehicles)
+        .map(|i| Scooter::new(i, &SEOUL, seed))
+        .collect();
     let mut bodies = Vec::new();
     let mut fixes = 0;
     let start = end_ms - seconds as i64 * 1000;
@@ -172,7 +195,11 @@ struct LoadResult {
 }
 
 /// Sends every body over `connections` connections; retries a 503 after a short pause.
-async fn load(addr: SocketAddr, bodies: Arc<Vec<Bytes>>, connections: usize) -> anyhow::Result<LoadResult> {
+async fn load(
+    addr: SocketAddr,
+    bodies: Arc<Vec<Bytes>>,
+    connections: usize,
+) -> anyhow::Result<LoadResult> {
     let next = Arc::new(AtomicUsize::new(0));
     let started = Instant::now();
     let mut tasks = Vec::new();
@@ -188,7 +215,13 @@ async fn load(addr: SocketAddr, bodies: Arc<Vec<Bytes>>, connections: usize) -> 
                 let Some(body) = bodies.get(i) else { break };
                 loop {
                     let t = Instant::now();
-                    let (status, resp) = request(&mut sender, hyper::Method::POST, "/api/v1/telemetry", body.clone()).await?;
+                    let (status, resp) = request(
+                        &mut sender,
+                        hyper::Method::POST,
+                        "/api/v1/telemetry",
+                        body.clone(),
+                    )
+                    .await?;
                     match status {
                         202 => {
                             lat.push(ms(t.elapsed()));
@@ -200,14 +233,21 @@ async fn load(addr: SocketAddr, bodies: Arc<Vec<Bytes>>, connections: usize) -> 
                             retries += 1;
                             tokio::time::sleep(Duration::from_millis(5)).await;
                         }
-                        s => anyhow::bail!("ingest answered {s}: {}", String::from_utf8_lossy(&resp)),
+                        s => {
+                            anyhow::bail!("ingest answered {s}: {}", String::from_utf8_lossy(&resp))
+                        }
                     }
                 }
             }
             anyhow::Ok((accepted, retries, lat))
         }));
     }
-    let mut result = LoadResult { accepted: 0, elapsed: Duration::ZERO, latencies_ms: Vec::new(), retries: 0 };
+    let mut result = LoadResult {
+        accepted: 0,
+        elapsed: Duration::ZERO,
+        latencies_ms: Vec::new(),
+        retries: 0,
+    };
     for t in tasks {
         let (a, r, l) = t.await??;
         result.accepted += a;
@@ -220,7 +260,11 @@ async fn load(addr: SocketAddr, bodies: Arc<Vec<Bytes>>, connections: usize) -> 
 }
 
 /// Runs `paths` GETs over `connections` connections; returns sorted latencies in ms.
-async fn query_load(addr: SocketAddr, paths: Arc<Vec<String>>, connections: usize) -> anyhow::Result<Vec<f64>> {
+async fn query_load(
+    addr: SocketAddr,
+    paths: Arc<Vec<String>>,
+    connections: usize,
+) -> anyhow::Result<Vec<f64>> {
     let next = Arc::new(AtomicUsize::new(0));
     let mut tasks = Vec::new();
     for _ in 0..connections {
@@ -233,9 +277,14 @@ async fn query_load(addr: SocketAddr, paths: Arc<Vec<String>>, connections: usiz
                 let i = next.fetch_add(1, Ordering::Relaxed);
                 let Some(path) = paths.get(i) else { break };
                 let t = Instant::now();
-                let (status, body) = request(&mut sender, hyper::Method::GET, path, Bytes::new()).await?;
+                let (status, body) =
+                    request(&mut sender, hyper::Method::GET, path, Bytes::new()).await?;
                 lat.push(ms(t.elapsed()));
-                anyhow::ensure!(status == 200, "{path} answered {status}: {}", String::from_utf8_lossy(&body));
+                anyhow::ensure!(
+                    status == 200,
+                    "{path} answered {status}: {}",
+                    String::from_utf8_lossy(&body)
+                );
             }
             anyhow::Ok(lat)
         }));
@@ -263,35 +312,102 @@ fn dir_bytes(path: &Path) -> u64 {
 }
 
 pub fn run(args: BenchArgs) -> anyhow::Result<()> {
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let filter = std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into());
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+        .with_writer(std::io::stderr)
+        .try_init();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     rt.block_on(run_async(args))
 }
 
 async fn run_async(args: BenchArgs) -> anyhow::Result<()> {
-    let tmp = tempfile::Builder::new().prefix("kickstand-bench-").tempdir_in(std::env::current_dir()?)?;
+    let tmp = tempfile::Builder::new()
+        .prefix("kickstand-bench-")
+        .tempdir_in(std::env::current_dir()?)?;
     let config = EngineConfig {
         workers: args.workers,
         ..EngineConfig::default()
     };
     let end = now_ms() - 60_000;
 
+    let mut figures = serde_json::Map::new();
+    let phase = |name: &str| args.phases.iter().any(|p| p == name);
+    if phase("ingest") {
+        ingest_phases(&args, &tmp, &config, end, &mut figures).await?;
+    }
+    if phase("storage") {
+        storage_phase(&args, &tmp, &config, end, &mut figures).await?;
+    }
+    if phase("state") {
+        figures.insert(
+            "state_bytes_per_vehicle".into(),
+            json!(state_phase(&args, end)?.round()),
+        );
+    }
+    figures.insert("workers".into(), json!(config.worker_count()));
+    figures.insert(
+        "cores".into(),
+        json!(std::thread::available_parallelism().map_or(0, |n| n.get())),
+    );
+    println!(
+        "{}",
+        serde_json::to_string_pretty(&figures).context("figures")?
+    );
+    if args.keep {
+        eprintln!("kept {}", tmp.keep().display());
+    }
+    Ok(())
+}
+
+type Figures = serde_json::Map<String, serde_json::Value>;
+
+async fn ingest_phases(
+    args: &BenchArgs,
+    tmp: &tempfile::TempDir,
+    config: &EngineConfig,
+    end: i64,
+    figures: &mut Figures,
+) -> anyhow::Result<()> {
     // Phase 1: ingest.
-    eprintln!("generating {} vehicles × {} s …", args.vehicles, args.seconds);
+    eprintln!(
+        "generating {} vehicles × {} s …",
+        args.vehicles, args.seconds
+    );
     let (bodies, fixes) = generate(args.vehicles, args.seconds, args.batch, end, args.seed);
     let body_bytes: usize = bodies.iter().map(|b| b.len()).sum();
     let server = start_server(&tmp.path().join("main"), config.clone()).await?;
-    eprintln!("ingesting {fixes} fixes ({} MB of JSON) over {} connections …", body_bytes >> 20, args.connections);
+    eprintln!(
+        "ingesting {fixes} fixes ({} MB of JSON) over {} connections …",
+        body_bytes >> 20,
+        args.connections
+    );
     let bodies = Arc::new(bodies);
     let ingest = load(server.addr, bodies.clone(), args.connections).await?;
-    anyhow::ensure!(ingest.accepted as usize == fixes, "accepted {} of {fixes}", ingest.accepted);
+    anyhow::ensure!(
+        ingest.accepted as usize == fixes,
+        "accepted {} of {fixes}",
+        ingest.accepted
+    );
     drop(bodies);
     let ingest_rate = ingest.accepted as f64 / ingest.elapsed.as_secs_f64();
-    eprintln!("  {:.0} points/s, ack p99 {:.1} ms", ingest_rate, percentile(&ingest.latencies_ms, 0.99));
+    eprintln!(
+        "  {:.0} points/s, ack p99 {:.1} ms",
+        ingest_rate,
+        percentile(&ingest.latencies_ms, 0.99)
+    );
 
     // Phase 2: queries against the fleet just loaded.
     let mut rng = sim::Rng::new(args.seed);
     let latest_paths: Vec<String> = (0..args.queries)
-        .map(|_| format!("/api/v1/vehicles/scooter-{:06}", rng.next_u64() as usize % args.vehicles))
+        .map(|_| {
+            format!(
+                "/api/v1/vehicles/scooter-{:06}",
+                rng.next_u64() as usize % args.vehicles
+            )
+        })
         .collect();
     let near_paths: Vec<String> = (0..args.queries)
         .map(|_| {
@@ -326,9 +442,16 @@ async fn run_async(args: BenchArgs) -> anyhow::Result<()> {
         bodies.push(Bytes::from(body));
     }
     let track_load = load(server.addr, Arc::new(bodies), 4).await?;
-    anyhow::ensure!(track_load.accepted == 86_400, "track accepted {}", track_load.accepted);
+    anyhow::ensure!(
+        track_load.accepted == 86_400,
+        "track accepted {}",
+        track_load.accepted
+    );
     // Let the checkpoint move the day into the engine, as it is for any past day.
-    tokio::time::sleep(Duration::from_millis(config.embedded.checkpoint_interval_ms + 1500)).await;
+    tokio::time::sleep(Duration::from_millis(
+        config.embedded.checkpoint_interval_ms + 1500,
+    ))
+    .await;
     let engine = server.engine.clone();
     tokio::task::spawn_blocking(move || engine.history.maintain(now_ms())).await??;
     let mut sender = connect(server.addr).await?;
@@ -344,9 +467,49 @@ async fn run_async(args: BenchArgs) -> anyhow::Result<()> {
     }
     track_ms.sort_by(f64::total_cmp);
     server.stop().await?;
+    for (k, v) in [
+        ("ingest_points_per_s", json!(ingest_rate.round())),
+        (
+            "ingest_ack_p50_ms",
+            json!(round3(percentile(&ingest.latencies_ms, 0.50))),
+        ),
+        (
+            "ingest_ack_p99_ms",
+            json!(round3(percentile(&ingest.latencies_ms, 0.99))),
+        ),
+        (
+            "ingest_ack_max_ms",
+            json!(round3(percentile(&ingest.latencies_ms, 1.0))),
+        ),
+        ("ingest_retries_503", json!(ingest.retries)),
+        ("ingest_fixes", json!(fixes)),
+        ("ingest_batch", json!(args.batch)),
+        ("ingest_connections", json!(args.connections)),
+        ("latest_p50_ms", json!(round3(percentile(&latest, 0.50)))),
+        ("latest_p99_ms", json!(round3(percentile(&latest, 0.99)))),
+        ("near_p50_ms", json!(round3(percentile(&near, 0.50)))),
+        ("near_p99_ms", json!(round3(percentile(&near, 0.99)))),
+        ("near_vehicles", json!(vehicles_loaded)),
+        ("track_24h_ms", json!(round3(percentile(&track_ms, 0.5)))),
+        ("track_24h_min_ms", json!(round3(track_ms[0]))),
+    ] {
+        figures.insert(k.into(), v);
+    }
+    Ok(())
+}
 
+async fn storage_phase(
+    args: &BenchArgs,
+    tmp: &tempfile::TempDir,
+    config: &EngineConfig,
+    end: i64,
+    figures: &mut Figures,
+) -> anyhow::Result<()> {
     // Phase 4: bytes per point for 1 Hz traces.
-    eprintln!("measuring bytes per point ({} vehicles × {} h at 1 Hz) …", args.storage_vehicles, args.storage_hours);
+    eprintln!(
+        "measuring bytes per point ({} vehicles × {} h at 1 Hz) …",
+        args.storage_vehicles, args.storage_hours
+    );
     let store_dir = tmp.path().join("storage");
     let server = start_server(&store_dir, config.clone()).await?;
     let storage_end = end - 2 * 3_600_000;
@@ -358,7 +521,11 @@ async fn run_async(args: BenchArgs) -> anyhow::Result<()> {
         args.seed + 1,
     );
     let stored = load(server.addr, Arc::new(bodies), args.connections).await?;
-    anyhow::ensure!(stored.accepted as usize == stored_fixes, "storage phase accepted {}", stored.accepted);
+    anyhow::ensure!(
+        stored.accepted as usize == stored_fixes,
+        "storage phase accepted {}",
+        stored.accepted
+    );
     server.stop().await?;
     // Reopen, close every bucket and compact it, as the upkeep thread does an hour later.
     let (history_bytes, buckets) = {
@@ -367,18 +534,43 @@ async fn run_async(args: BenchArgs) -> anyhow::Result<()> {
         let embedded = config.embedded.clone();
         tokio::task::spawn_blocking(move || -> anyhow::Result<(u64, u64)> {
             use kickstand_engine::history::HistoryStore;
-            let h = kickstand_engine::history::embedded::EmbeddedHistory::open(&dir, span, embedded)?;
+            let h =
+                kickstand_engine::history::embedded::EmbeddedHistory::open(&dir, span, embedded)?;
             h.maintain(now_ms() + 86_400_000)?;
+            h.settle()?;
             let stats = h.stats()?;
             Ok((stats.disk_bytes, stats.buckets))
         })
         .await??
     };
-    let du = dir_bytes(&store_dir);
+    // At rest, the data lives in the engine's tables; its journal and our WAL hold only what
+    // is not yet checkpointed and are bounded (64 MiB journal) whatever the history's size.
+    let tables = dir_bytes(&store_dir.join("history/engine/keyspaces"));
+    let total = dir_bytes(&store_dir);
+    figures.insert(
+        "bytes_per_point".into(),
+        json!(round3(tables as f64 / stored_fixes as f64)),
+    );
+    figures.insert("disk_bytes_total".into(), json!(total));
+    figures.insert(
+        "disk_bytes_per_point_incl_journal".into(),
+        json!(round3(total as f64 / stored_fixes as f64)),
+    );
+    figures.insert(
+        "history_stats_bytes_per_point".into(),
+        json!(round3(history_bytes as f64 / stored_fixes as f64)),
+    );
+    figures.insert("stored_points".into(), json!(stored_fixes));
+    figures.insert("stored_buckets".into(), json!(buckets));
+    Ok(())
+}
 
-    // Phase 5: memory per vehicle of the latest-state store.
+/// Phase 5: memory per vehicle of the latest-state store.
+fn state_phase(args: &BenchArgs, end: i64) -> anyhow::Result<f64> {
     let state_bytes = {
-        let mut fleet: Vec<Scooter> = (0..args.vehicles).map(|i| Scooter::new(i, &SEOUL, args.seed)).collect();
+        let mut fleet: Vec<Scooter> = (0..args.vehicles)
+            .map(|i| Scooter::new(i, &SEOUL, args.seed))
+            .collect();
         let fixes: Vec<_> = fleet.iter_mut().map(|s| s.fix(end, &SEOUL)).collect();
         crate::alloc::start();
         let state = MemoryState::default();
@@ -391,33 +583,5 @@ async fn run_async(args: BenchArgs) -> anyhow::Result<()> {
         drop(state);
         bytes as f64 / args.vehicles as f64
     };
-
-    let figures = json!({
-        "ingest_points_per_s": ingest_rate.round(),
-        "ingest_ack_p50_ms": round3(percentile(&ingest.latencies_ms, 0.50)),
-        "ingest_ack_p99_ms": round3(percentile(&ingest.latencies_ms, 0.99)),
-        "ingest_retries_503": ingest.retries,
-        "ingest_fixes": fixes,
-        "ingest_batch": args.batch,
-        "ingest_connections": args.connections,
-        "latest_p50_ms": round3(percentile(&latest, 0.50)),
-        "latest_p99_ms": round3(percentile(&latest, 0.99)),
-        "near_p50_ms": round3(percentile(&near, 0.50)),
-        "near_p99_ms": round3(percentile(&near, 0.99)),
-        "near_vehicles": vehicles_loaded,
-        "track_24h_ms": round3(percentile(&track_ms, 0.5)),
-        "track_24h_min_ms": round3(track_ms[0]),
-        "bytes_per_point": round3(du as f64 / stored_fixes as f64),
-        "history_engine_bytes_per_point": round3(history_bytes as f64 / stored_fixes as f64),
-        "stored_points": stored_fixes,
-        "stored_buckets": buckets,
-        "state_bytes_per_vehicle": state_bytes.round(),
-        "workers": config.worker_count(),
-        "cores": std::thread::available_parallelism().map_or(0, |n| n.get()),
-    });
-    println!("{}", serde_json::to_string_pretty(&figures).context("figures")?);
-    if args.keep {
-        eprintln!("kept {}", tmp.keep().display());
-    }
-    Ok(())
+    Ok(state_bytes)
 }

@@ -47,8 +47,11 @@ enum Format {
 }
 
 fn time_arg(name: &str, v: Option<&str>) -> anyhow::Result<Option<i64>> {
-    v.map(|s| parse_query_time(s).with_context(|| format!("--{name} must be RFC 3339 or epoch milliseconds, not {s:?}")))
-        .transpose()
+    v.map(|s| {
+        parse_query_time(s)
+            .with_context(|| format!("--{name} must be RFC 3339 or epoch milliseconds, not {s:?}"))
+    })
+    .transpose()
 }
 
 pub fn run(args: ExportArgs) -> anyhow::Result<()> {
@@ -57,21 +60,33 @@ pub fn run(args: ExportArgs) -> anyhow::Result<()> {
         flags = flags.merge(Serialized::default("data_dir", d));
     }
     let settings = Settings::load(args.config.as_deref(), flags)?;
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_millis() as i64;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_millis() as i64;
     let to = time_arg("to", args.to.as_deref())?.unwrap_or(now);
-    let from = time_arg("from", args.from.as_deref())?.unwrap_or(to - 86_400_000);
+    let from = time_arg("from", args.from.as_deref())?.unwrap_or(to.saturating_sub(86_400_000));
     anyhow::ensure!(from <= to, "--from must not be after --to");
     let dir = settings.data_dir.join("history");
-    anyhow::ensure!(dir.exists(), "no history in {}", settings.data_dir.display());
-    let history = EmbeddedHistory::open(&dir, settings.engine.span()?, settings.engine.embedded.clone())
-        .with_context(|| format!("cannot open {} (is a server running on it?)", dir.display()))?;
+    anyhow::ensure!(
+        dir.exists(),
+        "no history in {}",
+        settings.data_dir.display()
+    );
+    let history = EmbeddedHistory::open(
+        &dir,
+        settings.engine.span()?,
+        settings.engine.embedded.clone(),
+    )
+    .with_context(|| format!("cannot open {} (is a server running on it?)", dir.display()))?;
 
     let sink: Box<dyn Write> = match &args.out {
-        Some(p) => Box::new(std::fs::File::create(p).with_context(|| format!("cannot create {}", p.display()))?),
+        Some(p) => Box::new(
+            std::fs::File::create(p).with_context(|| format!("cannot create {}", p.display()))?,
+        ),
         None => Box::new(std::io::stdout().lock()),
     };
     let mut out = std::io::BufWriter::with_capacity(1 << 20, sink);
-    let bar = ProgressBar::new((to - from).max(1) as u64);
+    let bar = ProgressBar::new(to.saturating_sub(from).max(1) as u64);
     bar.set_style(
         ProgressStyle::with_template("{spinner} [{elapsed_precise}] {wide_bar} {percent}% {msg}")
             .expect("a valid template"),
@@ -101,7 +116,11 @@ pub fn run(args: ExportArgs) -> anyhow::Result<()> {
         }
         first = false;
         fixes += b.points.len() as u64;
-        bar.set_position((b.bucket_start - from).clamp(0, to - from) as u64);
+        bar.set_position(
+            b.bucket_start
+                .saturating_sub(from)
+                .clamp(0, to.saturating_sub(from)) as u64,
+        );
         bar.set_message(format!("{fixes} fixes"));
         if let Err(e) = out.write_all(line.as_bytes()) {
             io_error = Some(e);
@@ -116,7 +135,7 @@ pub fn run(args: ExportArgs) -> anyhow::Result<()> {
             // without progress.
             let mut start = from;
             while start <= to {
-                let end = (start + 86_400_000 - 1).min(to);
+                let end = start.saturating_add(86_400_000 - 1).min(to);
                 let points = history.track(&id, start, end)?;
                 let span = settings.engine.span()?;
                 for run in points.chunk_by(|a, b| span.start_of(a.ts) == span.start_of(b.ts)) {
@@ -128,6 +147,9 @@ pub fn run(args: ExportArgs) -> anyhow::Result<()> {
                     if !emit(b) {
                         break;
                     }
+                }
+                if end == to {
+                    break;
                 }
                 start = end + 1;
             }

@@ -20,7 +20,11 @@ use std::path::PathBuf;
 static ALLOC: alloc::Counting = alloc::Counting;
 
 #[derive(Parser)]
-#[command(name = "kickstand", version, about = "Self-hostable tracking and operations for shared e-scooter fleets")]
+#[command(
+    name = "kickstand",
+    version,
+    about = "Self-hostable tracking and operations for shared e-scooter fleets"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

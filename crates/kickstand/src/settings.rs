@@ -61,7 +61,11 @@ impl Settings {
     pub fn load(file: Option<&Path>, overrides: Figment) -> anyhow::Result<Settings> {
         let mut fig = Figment::from(Serialized::defaults(Settings::default()));
         if let Some(path) = file {
-            anyhow::ensure!(path.exists(), "config file {} does not exist", path.display());
+            anyhow::ensure!(
+                path.exists(),
+                "config file {} does not exist",
+                path.display()
+            );
             fig = fig.merge(Toml::file(path));
         }
         let env = Env::prefixed("KICKSTAND_")
@@ -78,9 +82,18 @@ impl Settings {
 
     pub fn validate(&self) -> anyhow::Result<()> {
         self.engine.span().context("engine.bucket_secs")?;
-        anyhow::ensure!(self.engine.queue_fixes > 0, "engine.queue_fixes must be positive");
-        anyhow::ensure!(self.engine.group_max_fixes > 0, "engine.group_max_fixes must be positive");
-        anyhow::ensure!(self.http.body_limit_bytes >= 1024, "http.body_limit_bytes must be at least 1024");
+        anyhow::ensure!(
+            self.engine.queue_fixes > 0,
+            "engine.queue_fixes must be positive"
+        );
+        anyhow::ensure!(
+            self.engine.group_max_fixes > 0,
+            "engine.group_max_fixes must be positive"
+        );
+        anyhow::ensure!(
+            self.http.body_limit_bytes >= 1024,
+            "http.body_limit_bytes must be at least 1024"
+        );
         anyhow::ensure!(
             matches!(self.log.format.as_str(), "text" | "json"),
             "log.format must be text or json"

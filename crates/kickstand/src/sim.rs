@@ -80,7 +80,11 @@ impl Scooter {
         let y = snap(rng.range(-city.radius_m, city.radius_m));
         let battery = rng.range(20.0, 100.0);
         let trip = rng.unit() < 0.15;
-        let phase_left = if trip { rng.range(120.0, 900.0) } else { rng.range(60.0, 3600.0) };
+        let phase_left = if trip {
+            rng.range(120.0, 900.0)
+        } else {
+            rng.range(60.0, 3600.0)
+        };
         Scooter {
             id: VehicleId::new(&format!("scooter-{index:06}")).expect("a valid id"),
             x,
@@ -89,7 +93,11 @@ impl Scooter {
             speed_kmh: 0.0,
             battery,
             odometer_m: rng.range(0.0, 2_000_000.0),
-            state: if trip { VehicleState::OnTrip } else { VehicleState::Available },
+            state: if trip {
+                VehicleState::OnTrip
+            } else {
+                VehicleState::Available
+            },
             phase_left,
             stopped: 0.0,
             rng,
@@ -117,7 +125,8 @@ impl Scooter {
                     return;
                 }
                 let target = 10.0 + 15.0 * self.rng.unit();
-                self.speed_kmh = (self.speed_kmh + (target - self.speed_kmh) * 0.3).clamp(0.0, 25.0);
+                self.speed_kmh =
+                    (self.speed_kmh + (target - self.speed_kmh) * 0.3).clamp(0.0, 25.0);
                 let d = self.speed_kmh / 3.6 * dt;
                 let (px, py) = (self.x, self.y);
                 match self.dir {
@@ -130,7 +139,8 @@ impl Scooter {
                 self.battery = (self.battery - d / 250.0).max(0.0);
                 // Crossing a junction: maybe turn, maybe stop at the light.
                 let b = city.block_m;
-                let crossed = (px / b).floor() != (self.x / b).floor() || (py / b).floor() != (self.y / b).floor();
+                let crossed = (px / b).floor() != (self.x / b).floor()
+                    || (py / b).floor() != (self.y / b).floor();
                 if crossed {
                     if self.rng.unit() < 0.3 {
                         self.x = (self.x / b).round() * b;
@@ -248,7 +258,11 @@ mod tests {
         for fix in a.iter().step_by(97) {
             let mut json = Vec::new();
             write_json(&mut json, fix);
-            let parsed = kickstand_domain::input::parse_item(std::str::from_utf8(&json).unwrap(), 1_800_000_000_000 + 4_000_000).unwrap();
+            let parsed = kickstand_domain::input::parse_item(
+                std::str::from_utf8(&json).unwrap(),
+                1_800_000_000_000 + 4_000_000,
+            )
+            .unwrap();
             assert_eq!(&parsed, fix);
         }
     }

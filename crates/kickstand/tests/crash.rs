@@ -67,19 +67,27 @@ async fn every_acked_fix_survives_kill_9_exactly_once() {
     }
     let acked = std::mem::take(&mut *acked.lock().unwrap());
     let total: usize = acked.values().map(Vec::len).sum();
-    assert!(total > 1000, "too few acked before the kill to prove anything: {total}");
+    assert!(
+        total > 1000,
+        "too few acked before the kill to prove anything: {total}"
+    );
 
     let s = Server::start_with(dir.path(), &env);
     let mut checked = 0;
     for (id, ts) in &acked {
         let newest = *ts.iter().max().unwrap();
-        let url = s.url(&format!("/api/v1/vehicles/{id}/track?from={base}&to={}", now_ms()));
+        let url = s.url(&format!(
+            "/api/v1/vehicles/{id}/track?from={base}&to={}",
+            now_ms()
+        ));
         let v: Value = c.get(url).send().await.unwrap().json().await.unwrap();
         let got: Vec<i64> = v["fixes"]
             .as_array()
             .unwrap()
             .iter()
-            .map(|f| kickstand_domain::timefmt::parse_rfc3339_ms(f["ts"].as_str().unwrap()).unwrap())
+            .map(|f| {
+                kickstand_domain::timefmt::parse_rfc3339_ms(f["ts"].as_str().unwrap()).unwrap()
+            })
             .collect();
         let mut want = ts.clone();
         want.sort_unstable();
@@ -89,12 +97,30 @@ async fn every_acked_fix_survives_kill_9_exactly_once() {
         dedup.dedup();
         assert_eq!(dedup, got, "{id}: a fix is stored twice");
         for t in &want {
-            assert!(got.binary_search(t).is_ok(), "{id}: acked fix {t} is missing");
+            assert!(
+                got.binary_search(t).is_ok(),
+                "{id}: acked fix {t} is missing"
+            );
         }
-        let latest: Value = c.get(s.url(&format!("/api/v1/vehicles/{id}"))).send().await.unwrap().json().await.unwrap();
-        let latest_ts = kickstand_domain::timefmt::parse_rfc3339_ms(latest["ts"].as_str().unwrap()).unwrap();
-        assert_eq!(latest_ts, *got.last().unwrap(), "{id}: latest state is the newest stored fix");
-        assert!(latest_ts >= newest, "{id}: latest state older than an acked fix");
+        let latest: Value = c
+            .get(s.url(&format!("/api/v1/vehicles/{id}")))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let latest_ts =
+            kickstand_domain::timefmt::parse_rfc3339_ms(latest["ts"].as_str().unwrap()).unwrap();
+        assert_eq!(
+            latest_ts,
+            *got.last().unwrap(),
+            "{id}: latest state is the newest stored fix"
+        );
+        assert!(
+            latest_ts >= newest,
+            "{id}: latest state older than an acked fix"
+        );
         checked += want.len();
     }
     assert_eq!(checked, total);

@@ -10,18 +10,26 @@ use serde_json::{Value, json};
 fn raw_post(addr: std::net::SocketAddr, framing: &str, body: &[u8]) -> String {
     use std::io::{Read, Write};
     let mut sock = std::net::TcpStream::connect(addr).unwrap();
-    sock.set_read_timeout(Some(std::time::Duration::from_secs(20))).unwrap();
+    sock.set_read_timeout(Some(std::time::Duration::from_secs(20)))
+        .unwrap();
     let head = format!(
         "POST /api/v1/telemetry HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n{framing}Connection: close\r\n\r\n"
     );
-    let _ = sock.write_all(head.as_bytes()).and_then(|()| sock.write_all(body));
+    let _ = sock
+        .write_all(head.as_bytes())
+        .and_then(|()| sock.write_all(body));
     let mut out = Vec::new();
     let _ = sock.read_to_end(&mut out);
     String::from_utf8_lossy(&out).into_owned()
 }
 
 async fn post_json(c: &reqwest::Client, s: &Server, body: &Value) -> (u16, Value) {
-    let r = c.post(s.url("/api/v1/telemetry")).json(body).send().await.unwrap();
+    let r = c
+        .post(s.url("/api/v1/telemetry"))
+        .json(body)
+        .send()
+        .await
+        .unwrap();
     let status = r.status().as_u16();
     (status, r.json().await.unwrap())
 }
@@ -29,7 +37,10 @@ async fn post_json(c: &reqwest::Client, s: &Server, body: &Value) -> (u16, Value
 async fn get(c: &reqwest::Client, s: &Server, path: &str) -> (u16, Value) {
     let r = c.get(s.url(path)).send().await.unwrap();
     let status = r.status().as_u16();
-    let ct = r.headers().get("content-type").map(|v| v.to_str().unwrap().to_owned());
+    let ct = r
+        .headers()
+        .get("content-type")
+        .map(|v| v.to_str().unwrap().to_owned());
     let v: Value = r.json().await.unwrap();
     if status >= 400 {
         assert_eq!(ct.as_deref(), Some("application/problem+json"), "{path}");
@@ -55,7 +66,10 @@ async fn ingest_then_query_everything() {
     batch.push(json!({"vehicle_id": "scooter-3", "ts": "2026-01-01T00:00:00Z", "lat": 37.51, "lon": 127.01, "state": "available", "battery_pct": 12}));
     let (status, body) = post_json(&c, &s, &json!(batch)).await;
     assert_eq!(status, 202, "{body}");
-    assert_eq!(body, json!({"accepted": 32, "duplicates": 0, "rejected": []}));
+    assert_eq!(
+        body,
+        json!({"accepted": 32, "duplicates": 0, "rejected": []})
+    );
 
     // The same batch again: all duplicates, nothing stored twice.
     let (status, body) = post_json(&c, &s, &json!(batch)).await;
@@ -70,31 +84,73 @@ async fn ingest_then_query_everything() {
     assert_eq!(v["state"], "on_trip");
 
     let (_, v) = get(&c, &s, "/api/v1/vehicles?near=37.5,127.0&radius_m=100").await;
-    let ids: Vec<&str> = v["vehicles"].as_array().unwrap().iter().map(|x| x["vehicle_id"].as_str().unwrap()).collect();
+    let ids: Vec<&str> = v["vehicles"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x["vehicle_id"].as_str().unwrap())
+        .collect();
     assert_eq!(ids, vec!["scooter-2"], "scooter-1 is now 322 m north");
     let (_, v) = get(&c, &s, "/api/v1/vehicles?near=37.5,127.0&radius_m=2000").await;
-    let d: Vec<f64> = v["vehicles"].as_array().unwrap().iter().map(|x| x["distance_m"].as_f64().unwrap()).collect();
+    let d: Vec<f64> = v["vehicles"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x["distance_m"].as_f64().unwrap())
+        .collect();
     assert_eq!(d.len(), 3);
-    assert!(d.windows(2).all(|w| w[0] <= w[1]), "sorted by distance: {d:?}");
+    assert!(
+        d.windows(2).all(|w| w[0] <= w[1]),
+        "sorted by distance: {d:?}"
+    );
 
-    let (_, v) = get(&c, &s, "/api/v1/vehicles?bbox=126.9,37.4,127.1,37.6&battery_lt=20").await;
+    let (_, v) = get(
+        &c,
+        &s,
+        "/api/v1/vehicles?bbox=126.9,37.4,127.1,37.6&battery_lt=20",
+    )
+    .await;
     assert_eq!(v["vehicles"].as_array().unwrap().len(), 1);
     assert_eq!(v["vehicles"][0]["vehicle_id"], "scooter-3");
-    let (_, v) = get(&c, &s, "/api/v1/vehicles?bbox=126.9,37.4,127.1,37.6&state=available").await;
+    let (_, v) = get(
+        &c,
+        &s,
+        "/api/v1/vehicles?bbox=126.9,37.4,127.1,37.6&state=available",
+    )
+    .await;
     assert_eq!(v["vehicles"].as_array().unwrap().len(), 1);
 
     // bbox pages with a cursor.
-    let (_, p1) = get(&c, &s, "/api/v1/vehicles?bbox=126.9,37.4,127.1,37.6&limit=2").await;
+    let (_, p1) = get(
+        &c,
+        &s,
+        "/api/v1/vehicles?bbox=126.9,37.4,127.1,37.6&limit=2",
+    )
+    .await;
     assert_eq!(p1["vehicles"].as_array().unwrap().len(), 2);
     let cursor = p1["next_cursor"].as_str().unwrap().to_owned();
-    let (_, p2) = get(&c, &s, &format!("/api/v1/vehicles?bbox=126.9,37.4,127.1,37.6&limit=2&cursor={cursor}")).await;
+    let (_, p2) = get(
+        &c,
+        &s,
+        &format!("/api/v1/vehicles?bbox=126.9,37.4,127.1,37.6&limit=2&cursor={cursor}"),
+    )
+    .await;
     assert_eq!(p2["vehicles"].as_array().unwrap().len(), 1);
     assert_eq!(p2["next_cursor"], Value::Null);
 
-    let path = format!("/api/v1/vehicles/scooter-1/track?from={}&to={}", t, t + 29_000);
+    let path = format!(
+        "/api/v1/vehicles/scooter-1/track?from={}&to={}",
+        t,
+        t + 29_000
+    );
     let (_, v) = get(&c, &s, &path).await;
     assert_eq!(v["count"], 30);
-    let ts: Vec<&str> = v["fixes"].as_array().unwrap().iter().map(|f| f["ts"].as_str().unwrap()).collect();
+    let ts: Vec<&str> = v["fixes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["ts"].as_str().unwrap())
+        .collect();
     assert!(ts.windows(2).all(|w| w[0] < w[1]));
     let (_, v) = get(&c, &s, &format!("{path}&format=geojson")).await;
     assert_eq!(v["type"], "Feature");
@@ -103,7 +159,10 @@ async fn ingest_then_query_everything() {
     assert_eq!(v["properties"]["times"].as_array().unwrap().len(), 30);
     // A straight line simplifies to its two ends.
     let (_, v) = get(&c, &s, &format!("{path}&format=geojson&simplify_m=1")).await;
-    assert_eq!(v["geometry"]["coordinates"], json!([[127, 37.5], [127, 37.5029]]));
+    assert_eq!(
+        v["geometry"]["coordinates"],
+        json!([[127, 37.5], [127, 37.5029]])
+    );
 
     let (_, v) = get(&c, &s, "/api/v1/fleet/summary").await;
     assert_eq!(v["vehicles"], 3);
@@ -119,8 +178,18 @@ async fn ingest_then_query_everything() {
     // Health and metrics.
     assert_eq!(c.get(s.url("/healthz")).send().await.unwrap().status(), 200);
     assert_eq!(c.get(s.url("/readyz")).send().await.unwrap().status(), 200);
-    let metrics = c.get(s.url("/metrics")).send().await.unwrap().text().await.unwrap();
-    assert!(metrics.contains("kickstand_ingest_accepted_fixes_total 32"), "{metrics}");
+    let metrics = c
+        .get(s.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("kickstand_ingest_accepted_fixes_total 32"),
+        "{metrics}"
+    );
     assert!(metrics.contains("kickstand_ingest_duplicate_fixes_total 32"));
 
     // A clean restart keeps every vehicle and its history.
@@ -173,9 +242,21 @@ async fn bad_input_gets_clear_errors_and_loses_nothing() {
         let c = c.clone();
         let url = s.url("/api/v1/telemetry");
         async move {
-            let r = c.post(url).header("content-type", ct).body(body).send().await.unwrap();
+            let r = c
+                .post(url)
+                .header("content-type", ct)
+                .body(body)
+                .send()
+                .await
+                .unwrap();
             let status = r.status().as_u16();
-            let ctype = r.headers().get("content-type").unwrap().to_str().unwrap().to_owned();
+            let ctype = r
+                .headers()
+                .get("content-type")
+                .unwrap()
+                .to_str()
+                .unwrap()
+                .to_owned();
             let v: Value = r.json().await.unwrap();
             (status, ctype, v)
         }
@@ -187,8 +268,18 @@ async fn bad_input_gets_clear_errors_and_loses_nothing() {
         (json, b"[]".to_vec(), 400, "no fixes"),
         (json, b"\"hello\"".to_vec(), 400, "object or an array"),
         (json, b"\xff\xfe\x00".to_vec(), 400, "UTF-8"),
-        ("text/plain", fix("a", t, 1.0, 1.0).to_string().into_bytes(), 415, "Content-Type"),
-        ("application/x-www-form-urlencoded", b"a=b".to_vec(), 415, "Content-Type"),
+        (
+            "text/plain",
+            fix("a", t, 1.0, 1.0).to_string().into_bytes(),
+            415,
+            "Content-Type",
+        ),
+        (
+            "application/x-www-form-urlencoded",
+            b"a=b".to_vec(),
+            415,
+            "Content-Type",
+        ),
     ];
     for (ct, body, want, detail) in cases {
         let (status, ctype, v) = send(ct, body.clone()).await;
@@ -214,17 +305,48 @@ async fn bad_input_gets_clear_errors_and_loses_nothing() {
         [1, 2],
     ]);
     let (status, ctype, v) = send(json, items.to_string().into_bytes()).await;
-    assert_eq!((status, ctype.as_str()), (422, "application/problem+json"), "{v}");
-    let fields: Vec<&str> = v["errors"].as_array().unwrap().iter().map(|e| e["field"].as_str().unwrap()).collect();
+    assert_eq!(
+        (status, ctype.as_str()),
+        (422, "application/problem+json"),
+        "{v}"
+    );
+    let fields: Vec<&str> = v["errors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["field"].as_str().unwrap())
+        .collect();
     assert_eq!(
         fields,
-        vec!["lat", "lon", "ts", "vehicle_id", "battery_pct", "speed_kmh", "heading_deg", "wheels", "ts", "lat", "lat", "state", ""]
+        vec![
+            "lat",
+            "lon",
+            "ts",
+            "vehicle_id",
+            "battery_pct",
+            "speed_kmh",
+            "heading_deg",
+            "wheels",
+            "ts",
+            "lat",
+            "lat",
+            "state",
+            ""
+        ]
     );
     // NaN and infinities cannot be written in JSON; a number too large for f64 is malformed.
-    let (status, _, _) = send(json, format!("{{\"vehicle_id\":\"v\",\"ts\":{t},\"lat\":1e999,\"lon\":0}}").into_bytes()).await;
+    let (status, _, _) = send(
+        json,
+        format!("{{\"vehicle_id\":\"v\",\"ts\":{t},\"lat\":1e999,\"lon\":0}}").into_bytes(),
+    )
+    .await;
     assert_eq!(status, 422);
     // A huge body: 413, whether announced by Content-Length or sent chunked.
-    let announced = raw_post(s.addr, "Content-Length: 9437184\r\n", &vec![b' '; 9 * 1024 * 1024]);
+    let announced = raw_post(
+        s.addr,
+        "Content-Length: 9437184\r\n",
+        &vec![b' '; 9 * 1024 * 1024],
+    );
     assert!(announced.starts_with("HTTP/1.1 413"), "{announced}");
     assert!(announced.contains("application/problem+json"));
     let mut chunked = Vec::new();
@@ -241,7 +363,10 @@ async fn bad_input_gets_clear_errors_and_loses_nothing() {
     let (status, _, v) = send(json, mixed.to_string().into_bytes()).await;
     assert_eq!(status, 202);
     assert_eq!(v["accepted"], 2);
-    assert_eq!(v["rejected"], json!([{"index": 1, "field": "lat", "reason": "must be between -90 and 90"}]));
+    assert_eq!(
+        v["rejected"],
+        json!([{"index": 1, "field": "lat", "reason": "must be between -90 and 90"}])
+    );
     // Bad queries.
     for (path, field) in [
         ("/api/v1/vehicles?near=91,0", "near"),
@@ -271,7 +396,10 @@ async fn a_full_pipeline_answers_503_with_retry_after_and_loses_nothing() {
     // Room for 10 queued fixes only, one worker.
     let s = Server::start_with(
         dir.path(),
-        &[("KICKSTAND_ENGINE__QUEUE_FIXES", "10"), ("KICKSTAND_ENGINE__WORKERS", "1")],
+        &[
+            ("KICKSTAND_ENGINE__QUEUE_FIXES", "10"),
+            ("KICKSTAND_ENGINE__WORKERS", "1"),
+        ],
     );
     let c = client();
     let t = now_ms() - 100_000;
@@ -280,7 +408,9 @@ async fn a_full_pipeline_answers_503_with_retry_after_and_loses_nothing() {
         let c = c.clone();
         let url = s.url("/api/v1/telemetry");
         tasks.push(tokio::spawn(async move {
-            let batch: Vec<Value> = (0..10).map(|i| fix(&format!("v{r}-{i}"), t, 1.0, 1.0)).collect();
+            let batch: Vec<Value> = (0..10)
+                .map(|i| fix(&format!("v{r}-{i}"), t, 1.0, 1.0))
+                .collect();
             let mut refused = 0;
             loop {
                 let resp = c.post(&url).json(&batch).send().await.unwrap();
@@ -288,7 +418,10 @@ async fn a_full_pipeline_answers_503_with_retry_after_and_loses_nothing() {
                     202 => return refused,
                     503 => {
                         assert_eq!(resp.headers().get("retry-after").unwrap(), "1");
-                        assert_eq!(resp.headers().get("content-type").unwrap(), "application/problem+json");
+                        assert_eq!(
+                            resp.headers().get("content-type").unwrap(),
+                            "application/problem+json"
+                        );
                         refused += 1;
                         tokio::time::sleep(std::time::Duration::from_millis(2)).await;
                     }
@@ -301,10 +434,23 @@ async fn a_full_pipeline_answers_503_with_retry_after_and_loses_nothing() {
     for t in tasks {
         refused += t.await.unwrap();
     }
-    assert!(refused > 0, "64 concurrent requests into room for one must meet backpressure");
+    assert!(
+        refused > 0,
+        "64 concurrent requests into room for one must meet backpressure"
+    );
     let (status, v) = get(&c, &s, "/api/v1/fleet/summary").await;
     assert_eq!(status, 200);
     assert_eq!(v["vehicles"], 640, "every retried fix arrived exactly once");
-    let m = c.get(s.url("/metrics")).send().await.unwrap().text().await.unwrap();
-    assert!(m.contains("kickstand_ingest_accepted_fixes_total 640"), "{m}");
+    let m = c
+        .get(s.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        m.contains("kickstand_ingest_accepted_fixes_total 640"),
+        "{m}"
+    );
 }

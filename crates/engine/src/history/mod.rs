@@ -29,6 +29,8 @@ pub enum HistoryError {
     Corrupt(String),
     #[error("the history writer has failed earlier and refuses further writes until restart")]
     Poisoned,
+    #[error("{0}")]
+    Config(String),
 }
 
 /// One vehicle's fixes within one bucket, as returned by the fleet-wide scan.
@@ -68,10 +70,7 @@ pub trait HistoryStore: Send + Sync + 'static {
     ) -> Result<(), HistoryError>;
 
     /// The newest stored fix of every vehicle: what the latest-state store is rebuilt from.
-    fn for_each_latest(
-        &self,
-        visit: &mut dyn FnMut(VehicleId, Point),
-    ) -> Result<(), HistoryError>;
+    fn for_each_latest(&self, visit: &mut dyn FnMut(VehicleId, Point)) -> Result<(), HistoryError>;
 
     /// Drops every bucket that ends at or before `cutoff_ms`. Returns how many were dropped.
     fn drop_before(&self, cutoff_ms: i64) -> Result<u64, HistoryError>;
@@ -81,6 +80,11 @@ pub trait HistoryStore: Send + Sync + 'static {
     fn maintain(&self, now_ms: i64) -> Result<u64, HistoryError>;
 
     fn stats(&self) -> Result<HistoryStats, HistoryError>;
+
+    /// False once the store has failed in a way that makes it refuse writes until restart.
+    fn is_healthy(&self) -> bool {
+        true
+    }
 }
 
 /// The write side of one shard.

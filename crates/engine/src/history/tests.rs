@@ -48,7 +48,11 @@ fn vid(id: &str) -> VehicleId {
 }
 
 fn track_ts(h: &dyn HistoryStore, id: &str, from: i64, to: i64) -> Vec<i64> {
-    h.track(&vid(id), from, to).unwrap().iter().map(|p| p.ts).collect()
+    h.track(&vid(id), from, to)
+        .unwrap()
+        .iter()
+        .map(|p| p.ts)
+        .collect()
 }
 
 #[test]
@@ -85,7 +89,10 @@ fn re_appending_is_idempotent_everywhere() {
     drop(h);
     let h = open(dir.path(), small_checkpoints());
     let mut w = h.writer(0).unwrap();
-    assert!(append(w.as_mut(), &fixes).iter().all(|n| !*n), "after restart too");
+    assert!(
+        append(w.as_mut(), &fixes).iter().all(|n| !*n),
+        "after restart too"
+    );
     assert_eq!(track_ts(&h, "v1", T0, T0 + H).len(), 200);
 }
 
@@ -100,7 +107,10 @@ fn late_fixes_land_in_their_own_bucket_and_hour_boundaries_are_exact() {
     w.close().unwrap();
     let mut buckets = Vec::new();
     h.scan(T0, T0 + 3 * H, &mut |b| {
-        buckets.push((b.bucket_start, b.points.iter().map(|p| p.ts).collect::<Vec<_>>()));
+        buckets.push((
+            b.bucket_start,
+            b.points.iter().map(|p| p.ts).collect::<Vec<_>>(),
+        ));
         true
     })
     .unwrap();
@@ -120,7 +130,9 @@ fn tracks_cross_buckets_and_days_in_order() {
     let dir = tempfile::tempdir().unwrap();
     let h = open(dir.path(), small_checkpoints());
     let mut w = h.writer(0).unwrap();
-    let fixes: Vec<Fix> = (0..60).map(|i| fix("v1", T0 - 3 * H + i * 10 * 60_000)).collect();
+    let fixes: Vec<Fix> = (0..60)
+        .map(|i| fix("v1", T0 - 3 * H + i * 10 * 60_000))
+        .collect();
     // Sent out of order.
     let mut shuffled = fixes.clone();
     shuffled.reverse();
@@ -137,7 +149,13 @@ fn tracks_cross_buckets_and_days_in_order() {
 #[test]
 fn fleet_scan_is_in_bucket_then_vehicle_order_and_merges_memtables() {
     let dir = tempfile::tempdir().unwrap();
-    let h = open(dir.path(), EmbeddedConfig { checkpoint_fixes: 1_000_000, ..small_checkpoints() });
+    let h = open(
+        dir.path(),
+        EmbeddedConfig {
+            checkpoint_fixes: 1_000_000,
+            ..small_checkpoints()
+        },
+    );
     let mut w0 = h.writer(0).unwrap();
     let mut w1 = h.writer(1).unwrap();
     append(w0.as_mut(), &[fix("b", T0 + 10), fix("b", T0 + H + 10)]);
@@ -151,7 +169,12 @@ fn fleet_scan_is_in_bucket_then_vehicle_order_and_merges_memtables() {
     .unwrap();
     assert_eq!(
         seen,
-        vec![(0, "b".into()), (0, "c".into()), (H, "a".into()), (H, "b".into())]
+        vec![
+            (0, "b".into()),
+            (0, "c".into()),
+            (H, "a".into()),
+            (H, "b".into())
+        ]
     );
     let mut first = 0;
     h.scan(T0, T0 + 2 * H, &mut |_| {
@@ -168,7 +191,14 @@ fn retention_drops_whole_buckets_only() {
     let dir = tempfile::tempdir().unwrap();
     let h = open(dir.path(), small_checkpoints());
     let mut w = h.writer(0).unwrap();
-    append(w.as_mut(), &[fix("v1", T0 + 5), fix("v1", T0 + H - 1), fix("v1", T0 + H + 5)]);
+    append(
+        w.as_mut(),
+        &[
+            fix("v1", T0 + 5),
+            fix("v1", T0 + H - 1),
+            fix("v1", T0 + H + 5),
+        ],
+    );
     w.close().unwrap();
     // The cutoff lies inside the second bucket: only the first ends before it.
     assert_eq!(h.drop_before(T0 + H + 1).unwrap(), 1);
@@ -182,13 +212,18 @@ fn compaction_merges_chunks_without_changing_reads() {
     let h = open(dir.path(), small_checkpoints());
     let mut w = h.writer(0).unwrap();
     for i in 0..10 {
-        let chunk: Vec<Fix> = (0..60).map(|j| fix("v1", T0 + (i * 60 + j) * 1000)).collect();
+        let chunk: Vec<Fix> = (0..60)
+            .map(|j| fix("v1", T0 + (i * 60 + j) * 1000))
+            .collect();
         append(w.as_mut(), &chunk);
     }
     w.close().unwrap();
     let before = h.track(&vid("v1"), T0, T0 + H).unwrap();
     assert_eq!(before.len(), 600);
-    assert!(h.maintain(T0 + H - 1).unwrap() == 0, "an open bucket is not compacted");
+    assert!(
+        h.maintain(T0 + H - 1).unwrap() == 0,
+        "an open bucket is not compacted"
+    );
     assert_eq!(h.maintain(T0 + 2 * H).unwrap(), 1);
     assert_eq!(h.track(&vid("v1"), T0, T0 + H).unwrap(), before);
     assert_eq!(h.maintain(T0 + 2 * H).unwrap(), 0);
@@ -203,7 +238,8 @@ fn latest_is_the_newest_fix_of_each_vehicle() {
     append(w.as_mut(), &[fix("a", T0 + 1000)]); // late: must not become latest
     w.close().unwrap();
     let mut latest = Vec::new();
-    h.for_each_latest(&mut |id, p| latest.push((id.as_str().to_owned(), p.ts))).unwrap();
+    h.for_each_latest(&mut |id, p| latest.push((id.as_str().to_owned(), p.ts)))
+        .unwrap();
     latest.sort();
     assert_eq!(latest, vec![("a".into(), T0 + 5000), ("b".into(), T0)]);
 }
@@ -226,5 +262,8 @@ fn a_writer_that_dies_without_closing_loses_nothing_acked() {
     h.for_each_latest(&mut |_, p| latest.push(p.ts)).unwrap();
     assert_eq!(latest, vec![T0 + 119_000]);
     let mut w = h.writer(0).unwrap();
-    assert!(append(w.as_mut(), &fixes).iter().all(|n| !*n), "no duplicates after replay");
+    assert!(
+        append(w.as_mut(), &fixes).iter().all(|n| !*n),
+        "no duplicates after replay"
+    );
 }

@@ -9,7 +9,8 @@
 //! - `dirty`: same key as `by_time`: buckets holding more than one chunk, to be compacted once
 //!   they close.
 //! - `latest`: `vehicle_id` → one encoded point, the newest fix of the vehicle.
-//! - `meta`: `ckpt/<shard>` → the last WAL segment checkpointed; `seq` → the next chunk seq.
+//! - `meta`: `ckpt/<shard>` → the last WAL segment checkpointed; `seq` → the next chunk seq;
+//!   `span` → the bucket span in ms (fixed for the life of the store).
 
 /// Vehicle ids never contain 0x00, so it separates the id from what follows and keeps one
 /// vehicle's keys contiguous.
@@ -62,6 +63,9 @@ pub fn ckpt_key(shard: usize) -> Vec<u8> {
 }
 
 pub const SEQ_KEY: &[u8] = b"seq";
+
+/// The bucket span in ms the store was created with.
+pub const SPAN_KEY: &[u8] = b"span";
 
 #[cfg(test)]
 mod tests {

@@ -23,6 +23,7 @@ mod keys;
 pub mod wal;
 
 use super::{BucketFixes, HistoryError, HistoryStats, HistoryStore, HistoryWriter};
+use crate::{FastMap, FastSet};
 use crossbeam_channel::{Receiver, Sender};
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
 use kickstand_domain::{BucketSpan, Fix, Point, VehicleId, codec};
@@ -39,7 +40,9 @@ use std::time::{Duration, Instant};
 #[serde(deny_unknown_fields, default)]
 pub struct EmbeddedConfig {
     /// Fixes a shard keeps in its memtable (and WAL) before it checkpoints them into the
-    /// engine. Bounds memory: at most twice this many fixes per shard are held in memory.
+    /// engine. Bounds memory: a shard holds at most about four times this many fixes (the
+    /// active and the frozen memtable, and a writer lets the active one reach twice this while a
+    /// checkpoint is outstanding).
     pub checkpoint_fixes: usize,
     /// Longest time in milliseconds between checkpoints, so the WAL stays short and restarts
     /// stay quick.
@@ -52,7 +55,7 @@ pub struct EmbeddedConfig {
 impl Default for EmbeddedConfig {
     fn default() -> Self {
         EmbeddedConfig {
-            checkpoint_fixes: 250_000,
+            checkpoint_fixes: 1_000_000,
             checkpoint_interval_ms: 10_000,
             compact_grace_secs: 600,
         }
@@ -63,8 +66,17 @@ fn engine_err(e: fjall::Error) -> HistoryError {
     HistoryError::Engine(e.to_string())
 }
 
-/// Fixes held in memory by one shard, per vehicle (in arrival order, not necessarily sorted).
-type MemTable = HashMap<VehicleId, Vec<Point>>;
+/// Fixes held in memory by one shard for one vehicle, in arrival order (not necessarily sorted).
+#[derive(Default)]
+struct VehicleMem {
+    points: Vec<Point>,
+    /// Set when the table is frozen: these points include the newest fix ever acked for the
+    /// vehicle, so the checkpoint writes it as the vehicle's latest without reading the old one.
+    holds_newest: bool,
+}
+
+/// Fixes held in memory by one shard, per vehicle.
+type MemTable = FastMap<VehicleId, VehicleMem>;
 
 /// The in-memory side of one shard, shared between its writer and the readers.
 #[derive(Default)]
@@ -99,10 +111,14 @@ struct Inner {
     mems: RwLock<HashMap<usize, Arc<RwLock<ShardMem>>>>,
     /// Serialises engine batches that read-modify-write shared keys (latest, dirty, seq).
     commit_lock: Mutex<()>,
+    /// `bucket_start → vehicle → dirty` for the buckets known to have a time-index entry (and
+    /// whether they are already marked dirty), so a checkpoint neither looks them up nor writes
+    /// the same index keys again; only recent buckets are kept.
+    indexed: Mutex<BTreeMap<i64, FastMap<VehicleId, bool>>>,
     /// Set when a checkpoint failed: writers refuse to ack more until restart.
     poisoned: AtomicBool,
-    /// Work for the flusher thread; bounded by the number of shards (one outstanding
-    /// checkpoint per shard).
+    /// Work for the flusher thread. Each shard has at most one checkpoint outstanding, so
+    /// the bound (256 jobs) is never reached with fewer shards than that.
     flush_tx: Sender<FlushJob>,
 }
 
@@ -123,12 +139,32 @@ pub struct EmbeddedHistory {
 impl EmbeddedHistory {
     /// Opens (or creates) the store in `dir`, replays any WAL left by a crash into the engine,
     /// and starts the flusher thread.
-    pub fn open(dir: &Path, span: BucketSpan, config: EmbeddedConfig) -> Result<Self, HistoryError> {
+    pub fn open(
+        dir: &Path,
+        span: BucketSpan,
+        config: EmbeddedConfig,
+    ) -> Result<Self, HistoryError> {
         std::fs::create_dir_all(dir)?;
-        let db = Database::builder(dir.join("engine")).open().map_err(engine_err)?;
-        let open = |name: &str| db.keyspace(name, KeyspaceCreateOptions::default).map_err(engine_err);
+        // Durability comes from our own WAL and an explicit persist per checkpoint; the
+        // engine's journal only needs to hold what is not yet flushed to tables, so it is kept
+        // to fjall's minimum instead of 512 MiB.
+        let db = Database::builder(dir.join("engine"))
+            .max_journaling_size(64 * 1024 * 1024)
+            .open()
+            .map_err(engine_err)?;
+        let open = |name: &str| {
+            db.keyspace(name, KeyspaceCreateOptions::default)
+                .map_err(engine_err)
+        };
+        // Chunk keys repeat the vehicle id and bucket start: LZ4 on every level halves their
+        // cost, while the bit-packed values pass through it unchanged.
+        let chunk_options = || {
+            KeyspaceCreateOptions::default().data_block_compression_policy(
+                fjall::config::CompressionPolicy::all(fjall::CompressionType::Lz4),
+            )
+        };
         let ks = Keyspaces {
-            chunks: open("chunks")?,
+            chunks: db.keyspace("chunks", chunk_options).map_err(engine_err)?,
             by_time: open("by_time")?,
             dirty: open("dirty")?,
             latest: open("latest")?,
@@ -142,6 +178,27 @@ impl EmbeddedHistory {
             ),
             None => 1,
         };
+        // The bucket span is part of the key layout: a store written with one span cannot be
+        // read with another.
+        match ks.meta.get(keys::SPAN_KEY).map_err(engine_err)? {
+            Some(v) if v.as_ref() != span.ms().to_le_bytes() => {
+                let stored = <[u8; 8]>::try_from(v.as_ref())
+                    .map(i64::from_le_bytes)
+                    .unwrap_or(-1);
+                return Err(HistoryError::Config(format!(
+                    "this history was written with buckets of {} s, not {} s; set bucket_secs back",
+                    stored / 1000,
+                    span.ms() / 1000
+                )));
+            }
+            Some(_) => {}
+            None => {
+                ks.meta
+                    .insert(keys::SPAN_KEY, span.ms().to_le_bytes())
+                    .map_err(engine_err)?;
+                db.persist(PersistMode::SyncAll).map_err(engine_err)?;
+            }
+        }
         let wal_dir = dir.join("wal");
         std::fs::create_dir_all(&wal_dir)?;
         let (flush_tx, flush_rx) = crossbeam_channel::bounded(256);
@@ -154,6 +211,7 @@ impl EmbeddedHistory {
             next_seq: AtomicU64::new(next_seq),
             mems: RwLock::default(),
             commit_lock: Mutex::new(()),
+            indexed: Mutex::default(),
             poisoned: AtomicBool::new(false),
             flush_tx,
         });
@@ -209,25 +267,42 @@ impl Inner {
             };
             let dir = entry.path();
             let done = self.checkpointed_segment(shard)?;
-            let mut mem = MemTable::new();
+            let mut mem = MemTable::default();
             let mut last = done;
             let mut fixes = 0usize;
-            for seq in wal::list_segments(&dir)? {
+            let segments = wal::list_segments(&dir)?;
+            for &seq in &segments {
                 if seq <= done {
                     continue;
                 }
                 let replay = wal::replay(&dir, seq)?;
                 if replay.torn_tail {
-                    tracing::warn!(message = "WAL segment ends in a torn record (never acked); ignoring it", shard, segment = seq);
+                    if Some(&seq) == segments.last() {
+                        tracing::warn!(
+                            message = "the newest WAL segment ends in a torn record, which was never acked; ignoring it",
+                            shard,
+                            segment = seq
+                        );
+                    } else {
+                        tracing::error!(message = "a WAL segment that is not the newest has a corrupt record: the fixes after it in that segment are lost; keep the file for inspection", shard, segment = seq, path = %wal::segment_path(&dir, seq).display());
+                    }
                 }
                 fixes += replay.fixes.len();
                 for fix in replay.fixes {
-                    mem.entry(fix.vehicle_id).or_default().push(fix.point);
+                    mem.entry(fix.vehicle_id)
+                        .or_default()
+                        .points
+                        .push(fix.point);
                 }
                 last = seq;
             }
             if last > done {
-                tracing::info!(message = "replayed write-ahead log", shard, fixes, upto_segment = last);
+                tracing::info!(
+                    message = "replayed write-ahead log",
+                    shard,
+                    fixes,
+                    upto_segment = last
+                );
                 self.checkpoint(shard, last, &mem)?;
             }
             self.drop_segments(shard, last)?;
@@ -236,14 +311,21 @@ impl Inner {
     }
 
     fn checkpointed_segment(&self, shard: usize) -> Result<u64, HistoryError> {
-        Ok(match self.ks.meta.get(keys::ckpt_key(shard)).map_err(engine_err)? {
-            Some(v) => u64::from_le_bytes(
-                v.as_ref()
-                    .try_into()
-                    .map_err(|_| HistoryError::Corrupt("meta ckpt".into()))?,
-            ),
-            None => 0,
-        })
+        Ok(
+            match self
+                .ks
+                .meta
+                .get(keys::ckpt_key(shard))
+                .map_err(engine_err)?
+            {
+                Some(v) => u64::from_le_bytes(
+                    v.as_ref()
+                        .try_into()
+                        .map_err(|_| HistoryError::Corrupt("meta ckpt".into()))?,
+                ),
+                None => 0,
+            },
+        )
     }
 
     fn drop_segments(&self, shard: usize, upto: u64) -> Result<(), HistoryError> {
@@ -266,39 +348,63 @@ impl Inner {
     }
 
     /// Writes a memtable into the engine as one atomic, persisted batch.
-    fn checkpoint(&self, shard: usize, upto_segment: u64, mem: &MemTable) -> Result<(), HistoryError> {
+    fn checkpoint(
+        &self,
+        shard: usize,
+        upto_segment: u64,
+        mem: &MemTable,
+    ) -> Result<(), HistoryError> {
         let started = Instant::now();
         let _guard = self.commit_lock.lock();
         let mut batch = self.db.batch();
         let mut encoded = Vec::new();
         let mut points = Vec::new();
         let mut fixes = 0usize;
-        for (vehicle, pts) in mem {
-            if pts.is_empty() {
+        let mut indexed = self.indexed.lock();
+        for (vehicle, vm) in mem {
+            if vm.points.is_empty() {
                 continue;
             }
             let id = vehicle.as_str();
             points.clear();
-            points.extend_from_slice(pts);
+            points.extend_from_slice(&vm.points);
             points.sort_unstable_by_key(|p| p.ts);
             points.dedup_by_key(|p| p.ts);
             fixes += points.len();
-            for run in points.chunk_by(|a, b| self.span.start_of(a.ts) == self.span.start_of(b.ts)) {
+            for run in points.chunk_by(|a, b| self.span.start_of(a.ts) == self.span.start_of(b.ts))
+            {
                 let start = self.span.start_of(run[0].ts);
                 let seq = self.next_seq.fetch_add(1, Ordering::Relaxed);
                 encoded.clear();
                 codec::encode(run, &mut encoded);
-                batch.insert(&self.ks.chunks, keys::chunk_key(id, start, seq), encoded.as_slice());
-                let tkey = keys::time_key(start, id);
-                if self.ks.by_time.contains_key(&tkey).map_err(engine_err)? {
-                    batch.insert(&self.ks.dirty, tkey, []);
-                } else {
-                    batch.insert(&self.ks.by_time, tkey, []);
+                batch.insert(
+                    &self.ks.chunks,
+                    keys::chunk_key(id, start, seq),
+                    encoded.as_slice(),
+                );
+                let known = indexed.entry(start).or_default();
+                match known.get_mut(vehicle) {
+                    // Indexed and already marked for compaction: nothing to write.
+                    Some(true) => {}
+                    Some(dirty) => {
+                        *dirty = true;
+                        batch.insert(&self.ks.dirty, keys::time_key(start, id), []);
+                    }
+                    None => {
+                        let tkey = keys::time_key(start, id);
+                        let exists = self.ks.by_time.contains_key(&tkey).map_err(engine_err)?;
+                        if exists {
+                            batch.insert(&self.ks.dirty, tkey, []);
+                        } else {
+                            batch.insert(&self.ks.by_time, tkey, []);
+                        }
+                        known.insert(vehicle.clone(), exists);
+                    }
                 }
             }
             let newest = *points.last().expect("non-empty");
-            let stored = self.latest_of(id)?;
-            if stored.is_none_or(|s| s.ts < newest.ts) {
+            let is_latest = vm.holds_newest || self.latest_of(id)?.is_none_or(|s| s.ts < newest.ts);
+            if is_latest {
                 encoded.clear();
                 codec::encode(&[newest], &mut encoded);
                 batch.insert(&self.ks.latest, id, encoded.as_slice());
@@ -309,11 +415,27 @@ impl Inner {
             keys::SEQ_KEY,
             self.next_seq.load(Ordering::Relaxed).to_le_bytes(),
         );
-        batch.insert(&self.ks.meta, keys::ckpt_key(shard), upto_segment.to_le_bytes());
+        batch.insert(
+            &self.ks.meta,
+            keys::ckpt_key(shard),
+            upto_segment.to_le_bytes(),
+        );
+        // Keep the index cache to the buckets still receiving fixes.
+        if let Some(&newest_start) = indexed.keys().next_back() {
+            let keep_from = newest_start - 3 * self.span.ms();
+            indexed.retain(|&start, _| start >= keep_from);
+        }
+        drop(indexed);
         batch.commit().map_err(engine_err)?;
         self.db.persist(PersistMode::SyncAll).map_err(engine_err)?;
-        metrics::histogram!(crate::metrics::CHECKPOINT_SECONDS).record(started.elapsed().as_secs_f64());
-        tracing::debug!(message = "checkpoint", shard, fixes, elapsed_ms = started.elapsed().as_millis() as u64);
+        metrics::histogram!(crate::metrics::CHECKPOINT_SECONDS)
+            .record(started.elapsed().as_secs_f64());
+        tracing::debug!(
+            message = "checkpoint",
+            shard,
+            fixes,
+            elapsed_ms = started.elapsed().as_millis() as u64
+        );
         Ok(())
     }
 
@@ -327,7 +449,12 @@ impl Inner {
     }
 
     /// Every stored point of one bucket (all its chunks), sorted by ts.
-    fn stored_bucket(&self, id: &str, start: i64, out: &mut Vec<Point>) -> Result<(), HistoryError> {
+    fn stored_bucket(
+        &self,
+        id: &str,
+        start: i64,
+        out: &mut Vec<Point>,
+    ) -> Result<(), HistoryError> {
         for item in self.ks.chunks.prefix(keys::bucket_prefix(id, start)) {
             let (_, value) = item.into_inner().map_err(engine_err)?;
             codec::decode(&value, out).map_err(|e| HistoryError::Corrupt(e.to_string()))?;
@@ -342,8 +469,8 @@ impl Inner {
             let mem = mem.read();
             let tables = std::iter::once(&mem.active).chain(mem.frozen.as_deref());
             for table in tables {
-                if let Some(pts) = table.get(vehicle) {
-                    out.extend(pts.iter().filter(|p| p.ts >= from && p.ts <= to));
+                if let Some(vm) = table.get(vehicle) {
+                    out.extend(vm.points.iter().filter(|p| p.ts >= from && p.ts <= to));
                 }
             }
         }
@@ -353,6 +480,24 @@ impl Inner {
 fn sort_dedup(points: &mut Vec<Point>) {
     points.sort_by_key(|p| p.ts);
     points.dedup_by_key(|p| p.ts);
+}
+
+impl EmbeddedHistory {
+    /// Flushes the engine's memtables and runs a full LSM compaction, so space held by merged
+    /// chunks and dropped buckets is reclaimed now rather than in the background. For
+    /// measurement and offline upkeep; blocks until done.
+    pub fn settle(&self) -> Result<(), HistoryError> {
+        let ks = &self.inner.ks;
+        for k in [&ks.chunks, &ks.by_time, &ks.dirty, &ks.latest, &ks.meta] {
+            k.rotate_memtable_and_wait().map_err(engine_err)?;
+            k.major_compact().map_err(engine_err)?;
+        }
+        self.inner
+            .db
+            .persist(PersistMode::SyncAll)
+            .map_err(engine_err)?;
+        Ok(())
+    }
 }
 
 impl HistoryStore for EmbeddedHistory {
@@ -372,9 +517,10 @@ impl HistoryStore for EmbeddedHistory {
             dir,
             segment,
             mem,
-            newest: HashMap::new(),
+            newest: FastMap::default(),
             record: Vec::with_capacity(1 << 20),
             fresh: Vec::new(),
+            fresh_set: None,
             last_checkpoint: Instant::now(),
             stored_cache: HashMap::new(),
         }))
@@ -420,8 +566,8 @@ impl HistoryStore for EmbeddedHistory {
             for mem in mems {
                 let mem = mem.read();
                 for table in std::iter::once(&mem.active).chain(mem.frozen.as_deref()) {
-                    for (vehicle, pts) in table {
-                        for p in pts.iter().filter(|p| p.ts >= from && p.ts <= to) {
+                    for (vehicle, vm) in table {
+                        for p in vm.points.iter().filter(|p| p.ts >= from && p.ts <= to) {
                             pending
                                 .entry((span.start_of(p.ts), vehicle.clone()))
                                 .or_default()
@@ -461,7 +607,9 @@ impl HistoryStore for EmbeddedHistory {
                     return Ok(());
                 }
             }
-            let mut points = pending.remove(&(start, vehicle.clone())).unwrap_or_default();
+            let mut points = pending
+                .remove(&(start, vehicle.clone()))
+                .unwrap_or_default();
             inner.stored_bucket(id, start, &mut points)?;
             if !emit((start, vehicle), points) {
                 return Ok(());
@@ -475,10 +623,7 @@ impl HistoryStore for EmbeddedHistory {
         Ok(())
     }
 
-    fn for_each_latest(
-        &self,
-        visit: &mut dyn FnMut(VehicleId, Point),
-    ) -> Result<(), HistoryError> {
+    fn for_each_latest(&self, visit: &mut dyn FnMut(VehicleId, Point)) -> Result<(), HistoryError> {
         let mut out = Vec::with_capacity(1);
         for item in self.inner.ks.latest.iter() {
             let (key, value) = item.into_inner().map_err(engine_err)?;
@@ -553,13 +698,18 @@ impl HistoryStore for EmbeddedHistory {
             points.clear();
             for item in inner.ks.chunks.prefix(keys::bucket_prefix(id, start)) {
                 let (key, value) = item.into_inner().map_err(engine_err)?;
-                codec::decode(&value, &mut points).map_err(|e| HistoryError::Corrupt(e.to_string()))?;
+                codec::decode(&value, &mut points)
+                    .map_err(|e| HistoryError::Corrupt(e.to_string()))?;
                 batch.remove(&inner.ks.chunks, key);
             }
             sort_dedup(&mut points);
             encoded.clear();
             codec::encode(&points, &mut encoded);
-            batch.insert(&inner.ks.chunks, keys::chunk_key(id, start, 0), encoded.as_slice());
+            batch.insert(
+                &inner.ks.chunks,
+                keys::chunk_key(id, start, 0),
+                encoded.as_slice(),
+            );
             batch.remove(&inner.ks.dirty, tkey.as_slice());
             batch.commit().map_err(engine_err)?;
             compacted += 1;
@@ -568,6 +718,10 @@ impl HistoryStore for EmbeddedHistory {
             inner.db.persist(PersistMode::SyncAll).map_err(engine_err)?;
         }
         Ok(compacted)
+    }
+
+    fn is_healthy(&self) -> bool {
+        !self.inner.poisoned.load(Ordering::SeqCst)
     }
 
     fn stats(&self) -> Result<HistoryStats, HistoryError> {
@@ -598,11 +752,14 @@ struct ShardWriter {
     mem: Arc<RwLock<ShardMem>>,
     /// The newest `ts` known stored per vehicle of this shard: a fix newer than it cannot be
     /// a duplicate, which spares the full check for nearly every fix.
-    newest: HashMap<VehicleId, i64>,
+    newest: FastMap<VehicleId, i64>,
     /// The WAL record being built (reused, so appends do not allocate).
     record: Vec<u8>,
     /// Indices into the current append's fixes of the new ones.
     fresh: Vec<usize>,
+    /// The new fixes of the current append as `(vehicle, ts)`, built only once a fix needs the
+    /// full duplicate check (rare), so repeated batches are not quadratic.
+    fresh_set: Option<FastSet<(VehicleId, i64)>>,
     last_checkpoint: Instant,
     /// Stored timestamps of buckets loaded for the full duplicate check, per append.
     stored_cache: HashMap<(VehicleId, i64), HashSet<i64>>,
@@ -625,17 +782,23 @@ impl ShardWriter {
     /// new fixes of this append so far?
     fn is_stored(&mut self, fixes: &[Fix], fix: &Fix) -> Result<bool, HistoryError> {
         let (vehicle, ts) = (&fix.vehicle_id, fix.point.ts);
-        if self
-            .fresh
-            .iter()
-            .any(|&i| fixes[i].point.ts == ts && fixes[i].vehicle_id == *vehicle)
-        {
+        let fresh = &self.fresh;
+        let set = self.fresh_set.get_or_insert_with(|| {
+            fresh
+                .iter()
+                .map(|&i| (fixes[i].vehicle_id.clone(), fixes[i].point.ts))
+                .collect()
+        });
+        if set.contains(&(vehicle.clone(), ts)) {
             return Ok(true);
         }
         {
             let mem = self.mem.read();
             for table in std::iter::once(&mem.active).chain(mem.frozen.as_deref()) {
-                if table.get(vehicle).is_some_and(|pts| pts.iter().any(|p| p.ts == ts)) {
+                if table
+                    .get(vehicle)
+                    .is_some_and(|vm| vm.points.iter().any(|p| p.ts == ts))
+                {
                     return Ok(true);
                 }
             }
@@ -644,8 +807,10 @@ impl ShardWriter {
         let key = (vehicle.clone(), start);
         if !self.stored_cache.contains_key(&key) {
             let mut pts = Vec::new();
-            self.inner.stored_bucket(vehicle.as_str(), start, &mut pts)?;
-            self.stored_cache.insert(key.clone(), pts.iter().map(|p| p.ts).collect());
+            self.inner
+                .stored_bucket(vehicle.as_str(), start, &mut pts)?;
+            self.stored_cache
+                .insert(key.clone(), pts.iter().map(|p| p.ts).collect());
         }
         Ok(self.stored_cache[&key].contains(&ts))
     }
@@ -674,22 +839,37 @@ impl ShardWriter {
                 self.last_checkpoint = Instant::now();
                 return Ok(());
             }
-            let table = Arc::new(std::mem::take(&mut mem.active));
+            let mut table = std::mem::take(&mut mem.active);
+            for (vehicle, vm) in &mut table {
+                let max = vm.points.iter().map(|p| p.ts).max();
+                vm.holds_newest = max.is_some() && max == self.newest.get(vehicle).copied();
+            }
+            let table = Arc::new(table);
             mem.active_count = 0;
             mem.frozen = Some(table.clone());
             table
         };
-        self.segment = wal::Segment::create(&self.dir, old + 1)?;
         let (done_tx, done_rx) = crossbeam_channel::bounded(1);
-        self.inner
-            .flush_tx
-            .send(FlushJob {
-                shard: self.shard,
-                upto_segment: old,
-                frozen,
-                done: wait.then_some(done_tx),
-            })
-            .map_err(|_| HistoryError::Engine("flusher thread is gone".into()))?;
+        let handed_over = wal::Segment::create(&self.dir, old + 1)
+            .map_err(HistoryError::from)
+            .and_then(|segment| {
+                self.segment = segment;
+                self.inner
+                    .flush_tx
+                    .send(FlushJob {
+                        shard: self.shard,
+                        upto_segment: old,
+                        frozen,
+                        done: wait.then_some(done_tx),
+                    })
+                    .map_err(|_| HistoryError::Engine("flusher thread is gone".into()))
+            });
+        if let Err(e) = handed_over {
+            // The frozen table will never be checkpointed: stop acking (the WAL keeps it safe
+            // for the next start) rather than wait for it forever.
+            self.inner.poisoned.store(true, Ordering::SeqCst);
+            return Err(e);
+        }
         if wait {
             done_rx
                 .recv()
@@ -715,6 +895,7 @@ impl HistoryWriter for ShardWriter {
             return Err(HistoryError::Poisoned);
         }
         self.fresh.clear();
+        self.fresh_set = None;
         self.stored_cache.clear();
         wal::begin_record(&mut self.record);
         let base = is_new.len();
@@ -727,6 +908,9 @@ impl HistoryWriter for ShardWriter {
             if new {
                 wal::put_fix(&mut self.record, fix);
                 self.fresh.push(i);
+                if let Some(set) = &mut self.fresh_set {
+                    set.insert((fix.vehicle_id.clone(), fix.point.ts));
+                }
                 match self.newest.get_mut(&fix.vehicle_id) {
                     Some(n) => *n = (*n).max(fix.point.ts),
                     None => {
@@ -744,14 +928,19 @@ impl HistoryWriter for ShardWriter {
                 is_new.truncate(base);
                 return Err(e.into());
             }
-            metrics::histogram!(crate::metrics::WAL_SYNC_SECONDS).record(started.elapsed().as_secs_f64());
+            metrics::histogram!(crate::metrics::WAL_SYNC_SECONDS)
+                .record(started.elapsed().as_secs_f64());
             let mut mem = self.mem.write();
             for &i in &self.fresh {
                 let fix = &fixes[i];
                 match mem.active.get_mut(&fix.vehicle_id) {
-                    Some(v) => v.push(fix.point),
+                    Some(vm) => vm.points.push(fix.point),
                     None => {
-                        mem.active.insert(fix.vehicle_id.clone(), vec![fix.point]);
+                        let vm = VehicleMem {
+                            points: vec![fix.point],
+                            holds_newest: false,
+                        };
+                        mem.active.insert(fix.vehicle_id.clone(), vm);
                     }
                 }
             }

@@ -2,7 +2,7 @@
 //! checkpointed into the history engine.
 //!
 //! A shard's log is a directory of segments `NNNNNNNNNNNNNNNN.wal` (hex sequence numbers). A
-//! segment is a run of records, each `len: u32 LE | crc32c: u32 LE | payload`, one record per
+//! segment is a run of records, each `len: u32 LE | crc32: u32 LE | payload` (CRC-32/ISO-HDLC, as `crc32fast` computes it), one record per
 //! group commit. The payload is the fixes of the group in a fixed binary layout (about 30 bytes a
 //! fix, never the raw JSON). A record is acked only after `fdatasync`, so a torn record can only
 //! be the last of the newest segment, and was never acked: replay stops there.
@@ -65,7 +65,7 @@ impl Segment {
     }
 
     /// Writes one record holding `payload` and waits until it is on disk.
-    pub fn append_durable(&mut self, framed: &mut Vec<u8>) -> io::Result<()> {
+    pub fn append_durable(&mut self, framed: &mut [u8]) -> io::Result<()> {
         // `framed` starts with 8 reserved bytes for the header, filled in here.
         let payload_len = framed.len() - 8;
         let crc = crc32fast::hash(&framed[8..]);
