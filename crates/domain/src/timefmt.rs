@@ -17,15 +17,23 @@ pub fn format_ms(ms: i64) -> String {
     out
 }
 
-/// Appends `YYYY-MM-DDTHH:MM:SS.mmmZ` for `ms` to `out`, without allocating. Hot: a 24-hour
-/// track prints 86,400 of these, so the date is computed directly (Hinnant's `civil_from_days`)
-/// rather than through a general formatter.
+/// Appends `YYYY-MM-DDTHH:MM:SS.mmmZ` for `ms` to `out`, without allocating.
 pub fn write_ms(out: &mut String, ms: i64) {
-    // Year 0..=9999 only; validation keeps every stored timestamp inside it.
+    match rfc3339_bytes(ms) {
+        Some(b) => out.push_str(std::str::from_utf8(&b).expect("ASCII digits")),
+        None => {
+            use std::fmt::Write;
+            let _ = write!(out, "{ms}");
+        }
+    }
+}
+
+/// `YYYY-MM-DDTHH:MM:SS.mmmZ` for `ms` as bytes, or `None` outside the years 0–9999. Hot: a
+/// 24-hour track prints 86,400 of these, so the date is computed directly (Hinnant's
+/// `civil_from_days`) rather than through a general formatter.
+pub fn rfc3339_bytes(ms: i64) -> Option<[u8; 24]> {
     if !(-62_167_219_200_000..=253_402_300_799_999).contains(&ms) {
-        use std::fmt::Write;
-        let _ = write!(out, "{ms}");
-        return;
+        return None;
     }
     let secs = ms.div_euclid(1000);
     let millis = ms.rem_euclid(1000) as u32;
@@ -61,7 +69,7 @@ pub fn write_ms(out: &mut String, ms: i64) {
     buf[20] = b'0' + (millis / 100) as u8;
     two(&mut buf[21..23], millis % 100);
     buf[23] = b'Z';
-    out.push_str(std::str::from_utf8(&buf).expect("ASCII digits"));
+    Some(buf)
 }
 
 /// Parses a query-string time: RFC 3339 or epoch milliseconds.

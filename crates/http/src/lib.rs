@@ -19,8 +19,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use kickstand_domain::geo::{self, BBox};
 use kickstand_domain::input::{BodyError, BodyFormat, parse_body};
-use kickstand_domain::timefmt::{parse_query_time, write_ms};
-use kickstand_domain::{VehicleId, VehicleState};
+use kickstand_domain::timefmt::parse_query_time;
+use kickstand_domain::{Point, VehicleId, VehicleState};
 use kickstand_engine::Engine;
 use kickstand_engine::metrics as m;
 use kickstand_engine::state::StateFilter;
@@ -84,7 +84,7 @@ fn now_ms() -> i64 {
         .map_or(0, |d| d.as_millis() as i64)
 }
 
-fn json_response(status: StatusCode, body: String) -> Response {
+fn json_response(status: StatusCode, body: Vec<u8>) -> Response {
     (status, [(header::CONTENT_TYPE, "application/json")], body).into_response()
 }
 
@@ -219,7 +219,10 @@ async fn ingest_inner(app: &AppState, req: Request) -> Result<Response, Problem>
         "duplicates": outcome.duplicates,
         "rejected": rejected,
     });
-    Ok(json_response(StatusCode::ACCEPTED, body.to_string()))
+    Ok(json_response(
+        StatusCode::ACCEPTED,
+        body.to_string().into_bytes(),
+    ))
 }
 
 fn vehicle_id(id: &str) -> Result<VehicleId, Problem> {
@@ -245,7 +248,7 @@ async fn get_vehicle(
         .state
         .get(&id)
         .ok_or_else(|| Problem::not_found(format!("no vehicle {id}")))?;
-    let mut out = String::with_capacity(256);
+    let mut out = Vec::with_capacity(256);
     json::vehicle(&mut out, &id, &p, None);
     Ok(json_response(StatusCode::OK, out))
 }
@@ -312,8 +315,8 @@ async fn list_vehicles(
                 Problem::bad_param("limit", "limit must be an integer from 1 to 10000")
             })?,
     };
-    let mut out = String::with_capacity(256 * limit.min(1000));
-    out.push_str("{\"vehicles\":[");
+    let mut out = Vec::with_capacity(256 * limit.min(1000));
+    out.extend_from_slice(b"{\"vehicles\":[");
     match (param(&q, "near"), param(&q, "bbox")) {
         (Some(near), None) => {
             let (lat, lon) = near
@@ -339,11 +342,11 @@ async fn list_vehicles(
             let found = app.engine.state.near(lat, lon, radius, filter, limit);
             for (i, (v, d)) in found.iter().enumerate() {
                 if i > 0 {
-                    out.push(',');
+                    out.push(b',');
                 }
                 json::vehicle(&mut out, &v.vehicle_id, &v.point, Some(*d));
             }
-            out.push_str("],\"next_cursor\":null}");
+            out.extend_from_slice(b"],\"next_cursor\":null}");
         }
         (None, Some(bbox)) => {
             let bbox =
@@ -362,20 +365,16 @@ async fn list_vehicles(
             let more = found.len() > limit;
             for (i, v) in found.iter().take(limit).enumerate() {
                 if i > 0 {
-                    out.push(',');
+                    out.push(b',');
                 }
                 json::vehicle(&mut out, &v.vehicle_id, &v.point, None);
             }
-            out.push_str("],\"next_cursor\":");
+            out.extend_from_slice(b"],\"next_cursor\":");
             match found.get(limit.wrapping_sub(1)).filter(|_| more) {
-                Some(last) => {
-                    out.push('"');
-                    out.push_str(last.vehicle_id.as_str());
-                    out.push('"');
-                }
-                None => out.push_str("null"),
+                Some(last) => json::id(&mut out, &last.vehicle_id),
+                None => out.extend_from_slice(b"null"),
             }
-            out.push('}');
+            out.push(b'}');
         }
         _ => {
             return Err(Problem::new(
@@ -464,83 +463,45 @@ async fn track(
         })
         .transpose()?;
     let history = app.engine.history.clone();
-    let render = move || -> Result<String, Problem> {
-        let mut points = history.track(&id, from, to).map_err(|error| {
+    let read_id = id.clone();
+    // Decoding a long track is CPU and engine I/O: keep it off the async workers.
+    let points = tokio::task::spawn_blocking(move || -> Result<Vec<Point>, Problem> {
+        let started = std::time::Instant::now();
+        let mut points = history.track(&read_id, from, to).map_err(|error| {
             tracing::error!(message = "track query failed", %error);
-            Problem::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "Internal error",
-                "the history store failed",
-            )
+            Problem::new(StatusCode::INTERNAL_SERVER_ERROR, "Internal error", "the history store failed")
         })?;
         if let Some(tol) = simplify {
             let line: Vec<(f64, f64)> = points.iter().map(|p| (p.lat(), p.lon())).collect();
             let keep = geo::simplify(&line, tol);
             points = keep.into_iter().map(|i| points[i]).collect();
         }
-        let mut out = String::with_capacity(64 + points.len() * 160);
-        if geojson {
-            out.push_str(
-                "{\"type\":\"Feature\",\"geometry\":{\"type\":\"LineString\",\"coordinates\":[",
-            );
-            for (i, p) in points.iter().enumerate() {
-                if i > 0 {
-                    out.push(',');
-                }
-                out.push('[');
-                json::fixed(&mut out, i64::from(p.lon_e6), 6);
-                out.push(',');
-                json::fixed(&mut out, i64::from(p.lat_e6), 6);
-                out.push(']');
-            }
-            out.push_str("]},\"properties\":{\"vehicle_id\":\"");
-            out.push_str(id.as_str());
-            out.push_str("\",\"times\":[");
-            for (i, p) in points.iter().enumerate() {
-                if i > 0 {
-                    out.push(',');
-                }
-                out.push('"');
-                write_ms(&mut out, p.ts);
-                out.push('"');
-            }
-            out.push_str("]}}");
-        } else {
-            out.push_str("{\"vehicle_id\":\"");
-            out.push_str(id.as_str());
-            out.push_str("\",\"from\":\"");
-            write_ms(&mut out, from);
-            out.push_str("\",\"to\":\"");
-            write_ms(&mut out, to);
-            out.push_str("\",\"count\":");
-            out.push_str(&points.len().to_string());
-            out.push_str(",\"fixes\":[");
-            for (i, p) in points.iter().enumerate() {
-                if i > 0 {
-                    out.push(',');
-                }
-                out.push('{');
-                json::point_fields(&mut out, p);
-                out.push('}');
-            }
-            out.push_str("]}");
-        }
-        Ok(out)
+        tracing::debug!(message = "track read", vehicle = %read_id, points = points.len(), read_us = started.elapsed().as_micros() as u64);
+        Ok(points)
+    })
+    .await
+    .map_err(|_| Problem::new(StatusCode::INTERNAL_SERVER_ERROR, "Internal error", "the query failed"))??;
+    // The body streams while it is written: the first bytes leave at once, a long track is
+    // never held whole in memory, and a slow client holds back only a few pieces (the
+    // channel is bounded).
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::convert::Infallible>>(4);
+    let format = if geojson {
+        json::TrackFormat::GeoJson
+    } else {
+        json::TrackFormat::Json
     };
-    // Decoding a long track is CPU and engine I/O: keep it off the async workers.
-    let out = tokio::task::spawn_blocking(render).await.map_err(|_| {
-        Problem::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "Internal error",
-            "the query failed",
-        )
-    })??;
+    tokio::task::spawn_blocking(move || {
+        json::track_pieces(format, &id, (from, to), &points, 256 * 1024, &mut |piece| {
+            tx.blocking_send(Ok(Bytes::from(piece))).is_ok()
+        });
+    });
+    let body = Body::from_stream(tokio_stream::wrappers::ReceiverStream::new(rx));
     let ct = if geojson {
         "application/geo+json"
     } else {
         "application/json"
     };
-    Ok((StatusCode::OK, [(header::CONTENT_TYPE, ct)], out).into_response())
+    Ok((StatusCode::OK, [(header::CONTENT_TYPE, ct)], body).into_response())
 }
 
 #[derive(Deserialize)]
@@ -573,7 +534,7 @@ async fn summary(
         "stale": s.stale,
         "stale_minutes": stale_minutes,
     });
-    Ok(json_response(StatusCode::OK, body.to_string()))
+    Ok(json_response(StatusCode::OK, body.to_string().into_bytes()))
 }
 
 async fn readyz(State(app): State<AppState>) -> Response {

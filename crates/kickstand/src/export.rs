@@ -7,8 +7,8 @@ use anyhow::Context;
 use figment::Figment;
 use figment::providers::Serialized;
 use indicatif::{ProgressBar, ProgressStyle};
-use kickstand_domain::timefmt::{parse_query_time, write_ms};
-use kickstand_domain::{Point, VehicleId};
+use kickstand_domain::VehicleId;
+use kickstand_domain::timefmt::parse_query_time;
 use kickstand_engine::history::embedded::EmbeddedHistory;
 use kickstand_engine::history::{BucketFixes, HistoryStore};
 use kickstand_http::json;
@@ -93,7 +93,7 @@ pub fn run(args: ExportArgs) -> anyhow::Result<()> {
     );
     let mut fixes = 0u64;
     let mut first = true;
-    let mut line = String::with_capacity(4096);
+    let mut line: Vec<u8> = Vec::with_capacity(4096);
     let mut io_error = None;
     if matches!(args.format, Format::Geojson) {
         out.write_all(b"{\"type\":\"FeatureCollection\",\"features\":[")?;
@@ -104,14 +104,19 @@ pub fn run(args: ExportArgs) -> anyhow::Result<()> {
             Format::Ndjson => {
                 for p in &b.points {
                     json::vehicle(&mut line, &b.vehicle_id, p, None);
-                    line.push('\n');
+                    line.push(b'\n');
                 }
             }
             Format::Geojson => {
                 if !first {
-                    line.push(',');
+                    line.push(b',');
                 }
-                geojson_feature(&mut line, &b.vehicle_id, &b.points);
+                line.extend_from_slice(&json::track(
+                    json::TrackFormat::GeoJson,
+                    &b.vehicle_id,
+                    (from, to),
+                    &b.points,
+                ));
             }
         }
         first = false;
@@ -122,7 +127,7 @@ pub fn run(args: ExportArgs) -> anyhow::Result<()> {
                 .clamp(0, to.saturating_sub(from)) as u64,
         );
         bar.set_message(format!("{fixes} fixes"));
-        if let Err(e) = out.write_all(line.as_bytes()) {
+        if let Err(e) = out.write_all(&line) {
             io_error = Some(e);
             return false;
         }
@@ -166,30 +171,4 @@ pub fn run(args: ExportArgs) -> anyhow::Result<()> {
     bar.finish_with_message(format!("{fixes} fixes exported"));
     eprintln!("exported {fixes} fixes");
     Ok(())
-}
-
-fn geojson_feature(out: &mut String, id: &VehicleId, points: &[Point]) {
-    out.push_str("{\"type\":\"Feature\",\"geometry\":{\"type\":\"LineString\",\"coordinates\":[");
-    for (i, p) in points.iter().enumerate() {
-        if i > 0 {
-            out.push(',');
-        }
-        out.push('[');
-        json::fixed(out, i64::from(p.lon_e6), 6);
-        out.push(',');
-        json::fixed(out, i64::from(p.lat_e6), 6);
-        out.push(']');
-    }
-    out.push_str("]},\"properties\":{\"vehicle_id\":\"");
-    out.push_str(id.as_str());
-    out.push_str("\",\"times\":[");
-    for (i, p) in points.iter().enumerate() {
-        if i > 0 {
-            out.push(',');
-        }
-        out.push('"');
-        write_ms(out, p.ts);
-        out.push('"');
-    }
-    out.push_str("]}}");
 }

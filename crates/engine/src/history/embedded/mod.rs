@@ -67,12 +67,56 @@ fn engine_err(e: fjall::Error) -> HistoryError {
 }
 
 /// Fixes held in memory by one shard for one vehicle, in arrival order (not necessarily sorted).
-#[derive(Default)]
 struct VehicleMem {
     points: Vec<Point>,
     /// Set when the table is frozen: these points include the newest fix ever acked for the
     /// vehicle, so the checkpoint writes it as the vehicle's latest without reading the old one.
     holds_newest: bool,
+    /// True while every point arrived in `ts` order (the usual case): lookups binary-search.
+    in_order: bool,
+    /// The timestamps of `points`, built the first time a late fix of an out-of-order vehicle
+    /// needs the duplicate check, so a device back-filling a buffer is not quadratic.
+    ts_index: Option<FastSet<i64>>,
+}
+
+impl Default for VehicleMem {
+    fn default() -> Self {
+        VehicleMem {
+            points: Vec::new(),
+            holds_newest: false,
+            in_order: true,
+            ts_index: None,
+        }
+    }
+}
+
+impl VehicleMem {
+    fn push(&mut self, p: Point) {
+        if self.points.last().is_some_and(|last| p.ts < last.ts) {
+            self.in_order = false;
+        }
+        if let Some(ix) = &mut self.ts_index {
+            ix.insert(p.ts);
+        }
+        self.points.push(p);
+    }
+
+    fn contains(&self, ts: i64) -> bool {
+        if self.in_order {
+            self.points.binary_search_by_key(&ts, |p| p.ts).is_ok()
+        } else if let Some(ix) = &self.ts_index {
+            ix.contains(&ts)
+        } else {
+            self.points.iter().any(|p| p.ts == ts)
+        }
+    }
+
+    /// Builds the timestamp index when lookups would otherwise scan many points.
+    fn index_if_needed(&mut self) {
+        if !self.in_order && self.ts_index.is_none() && self.points.len() > 32 {
+            self.ts_index = Some(self.points.iter().map(|p| p.ts).collect());
+        }
+    }
 }
 
 /// Fixes held in memory by one shard, per vehicle.
@@ -289,10 +333,7 @@ impl Inner {
                 }
                 fixes += replay.fixes.len();
                 for fix in replay.fixes {
-                    mem.entry(fix.vehicle_id)
-                        .or_default()
-                        .points
-                        .push(fix.point);
+                    mem.entry(fix.vehicle_id).or_default().push(fix.point);
                 }
                 last = seq;
             }
@@ -793,14 +834,17 @@ impl ShardWriter {
             return Ok(true);
         }
         {
-            let mem = self.mem.read();
-            for table in std::iter::once(&mem.active).chain(mem.frozen.as_deref()) {
-                if table
-                    .get(vehicle)
-                    .is_some_and(|vm| vm.points.iter().any(|p| p.ts == ts))
-                {
+            let mut mem = self.mem.write();
+            if let Some(vm) = mem.active.get_mut(vehicle) {
+                vm.index_if_needed();
+                if vm.contains(ts) {
                     return Ok(true);
                 }
+            }
+            if let Some(frozen) = &mem.frozen
+                && frozen.get(vehicle).is_some_and(|vm| vm.contains(ts))
+            {
+                return Ok(true);
             }
         }
         let start = self.inner.span.start_of(ts);
@@ -934,12 +978,10 @@ impl HistoryWriter for ShardWriter {
             for &i in &self.fresh {
                 let fix = &fixes[i];
                 match mem.active.get_mut(&fix.vehicle_id) {
-                    Some(vm) => vm.points.push(fix.point),
+                    Some(vm) => vm.push(fix.point),
                     None => {
-                        let vm = VehicleMem {
-                            points: vec![fix.point],
-                            holds_newest: false,
-                        };
+                        let mut vm = VehicleMem::default();
+                        vm.push(fix.point);
                         mem.active.insert(fix.vehicle_id.clone(), vm);
                     }
                 }
