@@ -27,5 +27,78 @@ pub const STORE_BUCKETS: &str = "kickstand_store_buckets";
 pub const STORE_DISK_BYTES: &str = "kickstand_store_disk_bytes";
 /// Vehicles in the latest-state store.
 pub const STATE_VEHICLES: &str = "kickstand_state_vehicles";
-/// HTTP requests by route and status.
-pub const HTTP_REQUESTS_TOTAL: &str = "kickstand_http_requests_total";
+
+/// Describes every metric and sets the counters to zero, so `/metrics` shows each series (with
+/// its help text) from the start rather than after its first event.
+pub fn describe() {
+    use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
+    describe_counter!(
+        INGEST_ACCEPTED_TOTAL,
+        Unit::Count,
+        "Fixes accepted (new and durable)."
+    );
+    describe_counter!(
+        INGEST_DUPLICATES_TOTAL,
+        Unit::Count,
+        "Fixes that were already stored."
+    );
+    describe_counter!(
+        INGEST_REJECTED_TOTAL,
+        Unit::Count,
+        "Items refused by validation."
+    );
+    describe_counter!(
+        INGEST_BACKPRESSURE_TOTAL,
+        Unit::Count,
+        "Submissions refused with 503 because the pipeline was full."
+    );
+    describe_gauge!(
+        QUEUE_DEPTH_FIXES,
+        Unit::Count,
+        "Fixes queued between ingest and the workers."
+    );
+    describe_histogram!(
+        WORKER_LAG_SECONDS,
+        Unit::Seconds,
+        "Time a batch waited in a worker queue."
+    );
+    describe_histogram!(GROUP_FIXES, Unit::Count, "Fixes per group commit.");
+    describe_histogram!(
+        WAL_SYNC_SECONDS,
+        Unit::Seconds,
+        "Duration of one WAL write and fdatasync."
+    );
+    describe_histogram!(
+        CHECKPOINT_SECONDS,
+        Unit::Seconds,
+        "Duration of one checkpoint into the history engine."
+    );
+    describe_histogram!(
+        CHECKPOINT_STALL_SECONDS,
+        Unit::Seconds,
+        "Time a writer waited for an earlier checkpoint."
+    );
+    describe_gauge!(
+        STORE_BUCKETS,
+        Unit::Count,
+        "Buckets in the history time index (approximate)."
+    );
+    describe_gauge!(
+        STORE_DISK_BYTES,
+        Unit::Bytes,
+        "Bytes the history store occupies on disk."
+    );
+    describe_gauge!(
+        STATE_VEHICLES,
+        Unit::Count,
+        "Vehicles in the latest-state store."
+    );
+    for name in [
+        INGEST_ACCEPTED_TOTAL,
+        INGEST_DUPLICATES_TOTAL,
+        INGEST_REJECTED_TOTAL,
+        INGEST_BACKPRESSURE_TOTAL,
+    ] {
+        metrics::counter!(name).increment(0);
+    }
+}

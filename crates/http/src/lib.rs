@@ -556,6 +556,12 @@ async fn readyz(State(app): State<AppState>) -> Response {
 async fn metrics_text(State(app): State<AppState>) -> Response {
     metrics::gauge!(m::QUEUE_DEPTH_FIXES).set(app.engine.transport.queue_depth() as f64);
     metrics::gauge!(m::STATE_VEHICLES).set(app.engine.state.len() as f64);
+    let history = app.engine.history.clone();
+    // Sizes on disk come from the file system: off the async workers.
+    if let Ok(Ok(stats)) = tokio::task::spawn_blocking(move || history.stats()).await {
+        metrics::gauge!(m::STORE_DISK_BYTES).set(stats.disk_bytes as f64);
+        metrics::gauge!(m::STORE_BUCKETS).set(stats.buckets as f64);
+    }
     let text = app.metrics.as_ref().map(|h| h.render()).unwrap_or_default();
     (
         StatusCode::OK,

@@ -34,6 +34,7 @@ pub fn metrics_handle() -> Option<PrometheusHandle> {
                 .install_recorder()
                 .map_err(|error| tracing::warn!(message = "metrics recorder not installed", %error))
                 .ok()
+                .inspect(|_| kickstand_engine::metrics::describe())
         })
         .clone()
 }

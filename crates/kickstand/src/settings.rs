@@ -35,7 +35,8 @@ pub struct LogSettings {
 impl Default for LogSettings {
     fn default() -> Self {
         LogSettings {
-            level: "info".into(),
+            // The storage engine's own info lines (table flushes) are noise to an operator.
+            level: "info,fjall=warn,lsm_tree=warn".into(),
             format: "text".into(),
         }
     }

@@ -191,6 +191,19 @@ async fn ingest_then_query_everything() {
         "{metrics}"
     );
     assert!(metrics.contains("kickstand_ingest_duplicate_fixes_total 32"));
+    assert!(
+        metrics.contains("kickstand_ingest_rejected_fixes_total"),
+        "{metrics}"
+    );
+    for name in [
+        "kickstand_store_wal_sync_seconds",
+        "kickstand_pipeline_worker_lag_seconds",
+        "kickstand_store_disk_bytes",
+        "kickstand_store_buckets",
+        "kickstand_pipeline_queue_depth_fixes",
+    ] {
+        assert!(metrics.contains(name), "{name} missing from {metrics}");
+    }
 
     // A clean restart keeps every vehicle and its history.
     s.stop();
