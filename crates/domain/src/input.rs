@@ -384,3 +384,36 @@ mod tests {
         ));
     }
 }
+
+#[cfg(test)]
+mod garbage {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// No body, however mangled, panics the parser; every item is either a fix or a
+        /// rejection with its index.
+        #[test]
+        fn any_bytes_are_judged_without_panicking(bytes in proptest::collection::vec(any::<u8>(), 0..600), ndjson in any::<bool>()) {
+            let format = if ndjson { BodyFormat::Ndjson } else { BodyFormat::Json };
+            if let Ok(parsed) = parse_body(&bytes, format, 1_800_000_000_000) {
+                prop_assert!(parsed.items() > 0);
+            }
+        }
+
+        /// Valid-looking fixes with random values are accepted or refused with a named field.
+        #[test]
+        fn random_values_are_refused_by_field(lat in any::<f64>(), lon in any::<f64>(), battery in any::<f64>(), ts in any::<i64>()) {
+            let body = format!(r#"{{"vehicle_id":"v","ts":{ts},"lat":{lat:e},"lon":{lon:e},"battery_pct":{battery:e}}}"#);
+            match parse_body(body.as_bytes(), BodyFormat::Json, 1_800_000_000_000) {
+                Ok(parsed) => {
+                    for r in &parsed.rejected {
+                        prop_assert!(["ts", "lat", "lon", "battery_pct"].contains(&r.field.as_str()), "{:?}", r);
+                    }
+                }
+                Err(BodyError::Malformed(_)) => {} // NaN/inf print as tokens that are not JSON
+                Err(e) => prop_assert!(false, "{e}"),
+            }
+        }
+    }
+}

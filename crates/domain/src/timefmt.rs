@@ -28,17 +28,58 @@ pub fn write_ms(out: &mut String, ms: i64) {
     }
 }
 
-/// `YYYY-MM-DDTHH:MM:SS.mmmZ` for `ms` as bytes, or `None` outside the years 0–9999. Hot: a
-/// 24-hour track prints 86,400 of these, so the date is computed directly (Hinnant's
-/// `civil_from_days`) rather than through a general formatter.
+/// `YYYY-MM-DDTHH:MM:SS.mmmZ` for `ms` as bytes, or `None` outside the years 0–9999.
 pub fn rfc3339_bytes(ms: i64) -> Option<[u8; 24]> {
-    if !(-62_167_219_200_000..=253_402_300_799_999).contains(&ms) {
-        return None;
+    Rfc3339Writer::default().format(ms)
+}
+
+/// Formats many timestamps in a row, computing the calendar date only when the day changes (a
+/// 24-hour track prints 86,400 timestamps over one or two dates).
+#[derive(Default)]
+pub struct Rfc3339Writer {
+    /// The day (since the epoch) whose date is in `date`, if any.
+    day: Option<i64>,
+    /// `YYYY-MM-DD` of `day`.
+    date: [u8; 10],
+}
+
+fn two(b: &mut [u8], v: u32) {
+    b[0] = b'0' + (v / 10) as u8;
+    b[1] = b'0' + (v % 10) as u8;
+}
+
+impl Rfc3339Writer {
+    /// `YYYY-MM-DDTHH:MM:SS.mmmZ` for `ms`, or `None` outside the years 0–9999.
+    pub fn format(&mut self, ms: i64) -> Option<[u8; 24]> {
+        if !(-62_167_219_200_000..=253_402_300_799_999).contains(&ms) {
+            return None;
+        }
+        let secs = ms.div_euclid(1000);
+        let millis = ms.rem_euclid(1000) as u32;
+        let days = secs.div_euclid(86_400);
+        let sod = secs.rem_euclid(86_400) as u32;
+        if self.day != Some(days) {
+            self.date = civil_date(days);
+            self.day = Some(days);
+        }
+        let mut buf = [0u8; 24];
+        buf[..10].copy_from_slice(&self.date);
+        buf[10] = b'T';
+        two(&mut buf[11..13], sod / 3600);
+        buf[13] = b':';
+        two(&mut buf[14..16], sod / 60 % 60);
+        buf[16] = b':';
+        two(&mut buf[17..19], sod % 60);
+        buf[19] = b'.';
+        buf[20] = b'0' + (millis / 100) as u8;
+        two(&mut buf[21..23], millis % 100);
+        buf[23] = b'Z';
+        Some(buf)
     }
-    let secs = ms.div_euclid(1000);
-    let millis = ms.rem_euclid(1000) as u32;
-    let days = secs.div_euclid(86_400);
-    let sod = secs.rem_euclid(86_400) as u32;
+}
+
+/// `YYYY-MM-DD` of a day since the epoch (Hinnant's `civil_from_days`), years 0–9999.
+fn civil_date(days: i64) -> [u8; 10] {
     let z = days + 719_468;
     let era = z.div_euclid(146_097);
     let doe = z.rem_euclid(146_097);
@@ -48,28 +89,14 @@ pub fn rfc3339_bytes(ms: i64) -> Option<[u8; 24]> {
     let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
     let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
     let year = (yoe + era * 400 + i64::from(month <= 2)) as u32;
-    let mut buf = [0u8; 24];
-    let two = |b: &mut [u8], v: u32| {
-        b[0] = b'0' + (v / 10) as u8;
-        b[1] = b'0' + (v % 10) as u8;
-    };
+    let mut buf = [0u8; 10];
     two(&mut buf[0..2], year / 100);
     two(&mut buf[2..4], year % 100);
     buf[4] = b'-';
     two(&mut buf[5..7], month);
     buf[7] = b'-';
     two(&mut buf[8..10], day);
-    buf[10] = b'T';
-    two(&mut buf[11..13], sod / 3600);
-    buf[13] = b':';
-    two(&mut buf[14..16], sod / 60 % 60);
-    buf[16] = b':';
-    two(&mut buf[17..19], sod % 60);
-    buf[19] = b'.';
-    buf[20] = b'0' + (millis / 100) as u8;
-    two(&mut buf[21..23], millis % 100);
-    buf[23] = b'Z';
-    Some(buf)
+    buf
 }
 
 /// Parses a query-string time: RFC 3339 or epoch milliseconds.

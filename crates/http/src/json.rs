@@ -4,14 +4,22 @@
 //! buffer (everything written is ASCII), which skips UTF-8 checks on the hot path: a 24-hour
 //! track is 86,400 objects.
 
-use kickstand_domain::timefmt::rfc3339_bytes;
+use kickstand_domain::timefmt::Rfc3339Writer;
 use kickstand_domain::{Point, VehicleId};
+
+/// Two ASCII digits for every number below 100.
+const DIGITS2: &[u8; 200] = b"0001020304050607080910111213141516171819\
+2021222324252627282930313233343536373839\
+4041424344454647484950515253545556575859\
+6061626364656667686970717273747576777879\
+8081828384858687888990919293949596979899";
 
 /// Writes `value / 10^decimals` as a JSON number, trailing zeros trimmed.
 pub fn fixed(out: &mut Vec<u8>, value: i64, decimals: u32) {
     let mut buf = [0u8; 24];
     let mut i = buf.len();
     let mut v = value.unsigned_abs();
+    // Fraction digits, skipping trailing zeros.
     let mut started = false;
     for _ in 0..decimals {
         let d = (v % 10) as u8;
@@ -26,13 +34,20 @@ pub fn fixed(out: &mut Vec<u8>, value: i64, decimals: u32) {
         i -= 1;
         buf[i] = b'.';
     }
-    loop {
+    // The integer part, two digits at a time.
+    while v >= 100 {
+        let d = (v % 100) as usize * 2;
+        v /= 100;
+        i -= 2;
+        buf[i..i + 2].copy_from_slice(&DIGITS2[d..d + 2]);
+    }
+    if v >= 10 {
+        let d = v as usize * 2;
+        i -= 2;
+        buf[i..i + 2].copy_from_slice(&DIGITS2[d..d + 2]);
+    } else {
         i -= 1;
-        buf[i] = b'0' + (v % 10) as u8;
-        v /= 10;
-        if v == 0 {
-            break;
-        }
+        buf[i] = b'0' + v as u8;
     }
     if value < 0 {
         i -= 1;
@@ -41,10 +56,11 @@ pub fn fixed(out: &mut Vec<u8>, value: i64, decimals: u32) {
     out.extend_from_slice(&buf[i..]);
 }
 
-/// Writes a timestamp as a quoted RFC 3339 string (UTC, milliseconds).
-pub fn ts(out: &mut Vec<u8>, ms: i64) {
+/// Writes a timestamp as a quoted RFC 3339 string (UTC, milliseconds). `clock` caches the date
+/// between calls.
+pub fn ts(out: &mut Vec<u8>, clock: &mut Rfc3339Writer, ms: i64) {
     out.push(b'"');
-    match rfc3339_bytes(ms) {
+    match clock.format(ms) {
         Some(b) => out.extend_from_slice(&b),
         // Validation keeps stored times within the years 0–9999; print the number otherwise.
         None => out.extend_from_slice(ms.to_string().as_bytes()),
@@ -61,9 +77,9 @@ pub fn id(out: &mut Vec<u8>, id: &VehicleId) {
 }
 
 /// Writes the fields of a point (without braces), starting with `"ts"`.
-pub fn point_fields(out: &mut Vec<u8>, p: &Point) {
+pub fn point_fields(out: &mut Vec<u8>, clock: &mut Rfc3339Writer, p: &Point) {
     out.extend_from_slice(b"\"ts\":");
-    ts(out, p.ts);
+    ts(out, clock, p.ts);
     out.extend_from_slice(b",\"lat\":");
     fixed(out, i64::from(p.lat_e6), 6);
     out.extend_from_slice(b",\"lon\":");
@@ -99,7 +115,7 @@ pub fn vehicle(out: &mut Vec<u8>, vehicle: &VehicleId, p: &Point, distance_m: Op
     out.extend_from_slice(b"{\"vehicle_id\":");
     id(out, vehicle);
     out.push(b',');
-    point_fields(out, p);
+    point_fields(out, &mut Rfc3339Writer::default(), p);
     if let Some(d) = distance_m {
         out.extend_from_slice(b",\"distance_m\":");
         fixed(out, (d * 10.0).round() as i64, 1);
@@ -128,6 +144,7 @@ pub fn track_pieces(
     emit: &mut dyn FnMut(Vec<u8>) -> bool,
 ) {
     let mut out = Vec::with_capacity(piece_bytes + 512);
+    let mut clock = Rfc3339Writer::default();
     // Emits the piece when full; false when the receiver is gone.
     let mut flush = |out: &mut Vec<u8>, force: bool| -> bool {
         if out.len() >= piece_bytes || (force && !out.is_empty()) {
@@ -161,7 +178,7 @@ pub fn track_pieces(
                 if i > 0 {
                     out.push(b',');
                 }
-                ts(&mut out, p.ts);
+                ts(&mut out, &mut clock, p.ts);
                 if !flush(&mut out, false) {
                     return;
                 }
@@ -172,9 +189,9 @@ pub fn track_pieces(
             out.extend_from_slice(b"{\"vehicle_id\":");
             id(&mut out, vehicle);
             out.extend_from_slice(b",\"from\":");
-            ts(&mut out, from);
+            ts(&mut out, &mut clock, from);
             out.extend_from_slice(b",\"to\":");
-            ts(&mut out, to);
+            ts(&mut out, &mut clock, to);
             out.extend_from_slice(b",\"count\":");
             out.extend_from_slice(points.len().to_string().as_bytes());
             out.extend_from_slice(b",\"fixes\":[");
@@ -183,7 +200,7 @@ pub fn track_pieces(
                     out.push(b',');
                 }
                 out.push(b'{');
-                point_fields(&mut out, p);
+                point_fields(&mut out, &mut clock, p);
                 out.push(b'}');
                 if !flush(&mut out, false) {
                     return;
@@ -224,6 +241,12 @@ mod tests {
             (-126_978_000, 6, "-126.978"),
             (i64::MIN, 0, "-9223372036854775808"),
             (123_000_450, 6, "123.00045"),
+            (9, 0, "9"),
+            (10, 0, "10"),
+            (99, 0, "99"),
+            (100, 0, "100"),
+            (12_345, 2, "123.45"),
+            (-1_000_000, 6, "-1"),
         ];
         for (v, d, want) in cases {
             let mut s = Vec::new();

@@ -42,6 +42,12 @@ pub struct HttpConfig {
     pub retry_after_secs: u64,
     /// Longest track a single request may ask for, in hours (use `kickstand export` beyond).
     pub max_track_hours: u64,
+    /// Ingest requests read and parsed at once; more get 503 with `Retry-After` before their
+    /// body is read. With `body_limit_bytes` this bounds the memory that bodies can take.
+    pub max_inflight_ingest: usize,
+    /// Seconds a client may take to send a request body before it gets 408 and its slot is
+    /// freed, so slow or stalled clients cannot hold ingest slots.
+    pub body_timeout_secs: u64,
 }
 
 impl Default for HttpConfig {
@@ -50,6 +56,8 @@ impl Default for HttpConfig {
             body_limit_bytes: 8 * 1024 * 1024,
             retry_after_secs: 1,
             max_track_hours: 24 * 7,
+            max_inflight_ingest: 128,
+            body_timeout_secs: 30,
         }
     }
 }
@@ -61,6 +69,26 @@ pub struct AppState {
     pub config: HttpConfig,
     /// Renders `/metrics`; `None` when no recorder is installed.
     pub metrics: Option<PrometheusHandle>,
+    /// Permits for ingest requests in flight (`max_inflight_ingest`).
+    pub ingest_slots: Arc<tokio::sync::Semaphore>,
+}
+
+impl AppState {
+    pub fn new(
+        engine: Arc<Engine>,
+        config: HttpConfig,
+        metrics: Option<PrometheusHandle>,
+    ) -> AppState {
+        let ingest_slots = Arc::new(tokio::sync::Semaphore::new(
+            config.max_inflight_ingest.max(1),
+        ));
+        AppState {
+            engine,
+            config,
+            metrics,
+            ingest_slots,
+        }
+    }
 }
 
 /// The whole API.
@@ -145,6 +173,13 @@ async fn ingest(State(app): State<AppState>, req: Request) -> Response {
 async fn ingest_inner(app: &AppState, req: Request) -> Result<Response, Problem> {
     let limit = app.config.body_limit_bytes;
     let format = body_format(req.headers())?;
+    let Ok(_slot) = app.ingest_slots.try_acquire() else {
+        metrics::counter!(m::INGEST_BACKPRESSURE_TOTAL).increment(1);
+        return Err(Problem::unavailable(
+            "too many ingest requests in flight; retry later",
+            app.config.retry_after_secs,
+        ));
+    };
     if let Some(len) = req
         .headers()
         .get(header::CONTENT_LENGTH)
@@ -158,7 +193,19 @@ async fn ingest_inner(app: &AppState, req: Request) -> Result<Response, Problem>
             format!("the body is larger than the limit of {limit} bytes"),
         ));
     }
-    let body = read_body(req.into_body(), limit).await?;
+    let timeout = std::time::Duration::from_secs(app.config.body_timeout_secs);
+    let body = tokio::time::timeout(timeout, read_body(req.into_body(), limit))
+        .await
+        .map_err(|_| {
+            Problem::new(
+                StatusCode::REQUEST_TIMEOUT,
+                "Request timeout",
+                format!(
+                    "the body did not arrive within {} s",
+                    app.config.body_timeout_secs
+                ),
+            )
+        })??;
     let now = now_ms();
     // Large bodies are parsed off the async workers so one big request cannot stall others.
     let parsed = if body.len() > 512 * 1024 {

@@ -46,11 +46,7 @@ pub async fn serve(
     http: HttpConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let app = router(AppState {
-        engine: engine.clone(),
-        config: http,
-        metrics: metrics_handle(),
-    });
+    let app = router(AppState::new(engine.clone(), http, metrics_handle()));
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
         .await

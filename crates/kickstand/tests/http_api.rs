@@ -467,3 +467,44 @@ async fn a_full_pipeline_answers_503_with_retry_after_and_loses_nothing() {
         "{m}"
     );
 }
+
+#[tokio::test]
+async fn ingest_requests_in_flight_are_bounded() {
+    use std::io::Write;
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start_with(
+        dir.path(),
+        &[
+            ("KICKSTAND_HTTP__MAX_INFLIGHT_INGEST", "1"),
+            ("KICKSTAND_HTTP__BODY_TIMEOUT_SECS", "2"),
+        ],
+    );
+    let c = client();
+    // A slow client: headers and half a chunked body, then silence. It holds the only slot.
+    let mut slow = std::net::TcpStream::connect(s.addr).unwrap();
+    slow.write_all(b"POST /api/v1/telemetry HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n5\r\n[{\"ve\r\n")
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let r = c
+        .post(s.url("/api/v1/telemetry"))
+        .json(&fix("a", now_ms(), 1.0, 1.0))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 503);
+    assert_eq!(r.headers().get("retry-after").unwrap(), "1");
+    let v: Value = r.json().await.unwrap();
+    assert!(v["detail"].as_str().unwrap().contains("in flight"), "{v}");
+    // Queries are not held up by it, and the slot comes back when the body times out.
+    assert_eq!(c.get(s.url("/healthz")).send().await.unwrap().status(), 200);
+    let mut answer = String::new();
+    std::io::Read::read_to_string(&mut slow, &mut answer).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    let r = c
+        .post(s.url("/api/v1/telemetry"))
+        .json(&fix("a", now_ms(), 1.0, 1.0))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+}

@@ -314,3 +314,23 @@ mod tests {
         assert!(r.torn_tail);
     }
 }
+
+#[cfg(test)]
+mod garbage {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+        /// Replaying any bytes never panics, and whatever it returns is a prefix of valid fixes.
+        #[test]
+        fn replaying_garbage_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..2000)) {
+            let dir = tempfile::tempdir().unwrap();
+            std::fs::write(segment_path(dir.path(), 1), &bytes).unwrap();
+            let r = replay(dir.path(), 1).unwrap();
+            for fix in &r.fixes {
+                prop_assert!(!fix.vehicle_id.as_str().is_empty());
+            }
+        }
+    }
+}
