@@ -449,13 +449,7 @@ async fn track(
     Path(id): Path<String>,
     q: Result<Query<TrackQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, Problem> {
-    let Query(q) = q.map_err(|e| {
-        Problem::new(
-            StatusCode::BAD_REQUEST,
-            "Invalid query parameter",
-            e.body_text(),
-        )
-    })?;
+    let Query(q) = q?;
     let id = vehicle_id(&id)?;
     let time = |name: &'static str, v: &Option<String>| -> Result<Option<i64>, Problem> {
         v.as_deref()
@@ -562,13 +556,7 @@ async fn summary(
     State(app): State<AppState>,
     q: Result<Query<SummaryQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, Problem> {
-    let Query(q) = q.map_err(|e| {
-        Problem::new(
-            StatusCode::BAD_REQUEST,
-            "Invalid query parameter",
-            e.body_text(),
-        )
-    })?;
+    let Query(q) = q?;
     let stale_minutes = q.stale_minutes.unwrap_or(15);
     let mut s = app
         .engine

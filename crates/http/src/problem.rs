@@ -57,6 +57,12 @@ impl Problem {
     }
 }
 
+impl From<axum::extract::rejection::QueryRejection> for Problem {
+    fn from(e: axum::extract::rejection::QueryRejection) -> Problem {
+        Problem::new(StatusCode::BAD_REQUEST, "Invalid query parameter", e.body_text())
+    }
+}
+
 impl IntoResponse for Problem {
     fn into_response(self) -> Response {
         let status = StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
