@@ -59,7 +59,11 @@ impl Problem {
 
 impl From<axum::extract::rejection::QueryRejection> for Problem {
     fn from(e: axum::extract::rejection::QueryRejection) -> Problem {
-        Problem::new(StatusCode::BAD_REQUEST, "Invalid query parameter", e.body_text())
+        Problem::new(
+            StatusCode::BAD_REQUEST,
+            "Invalid query parameter",
+            e.body_text(),
+        )
     }
 }
 

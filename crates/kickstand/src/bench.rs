@@ -512,7 +512,9 @@ async fn track_phase(
         // joining the pieces for the check below is not part of the request.
         let t = Instant::now();
         sender.ready().await?;
-        let req = hyper::Request::get(path.as_str()).header("host", "bench").body(Full::new(Bytes::new()))?;
+        let req = hyper::Request::get(path.as_str())
+            .header("host", "bench")
+            .body(Full::new(Bytes::new()))?;
         let resp = sender.send_request(req).await?;
         let status = resp.status().as_u16();
         let mut body = resp.into_body();

@@ -70,7 +70,10 @@ impl Settings {
             fig = fig.merge(Toml::file(path));
         }
         let env = Env::prefixed("KICKSTAND_")
-            .filter(|k| !NOT_SETTINGS.iter().any(|p| k.as_str().starts_with(p)))
+            .filter(|k| {
+                let k = k.as_str().to_ascii_lowercase();
+                !NOT_SETTINGS.iter().any(|p| k.starts_with(p))
+            })
             .split("__");
         let settings: Settings = fig
             .merge(env)
@@ -125,6 +128,20 @@ mod tests {
         assert!(Settings::load(Some(&bad), Figment::new()).is_err());
         std::fs::write(&bad, "[engine]\nbucket_secs = 7\n").unwrap();
         assert!(Settings::load(Some(&bad), Figment::new()).is_err());
+    }
+
+    #[test]
+    fn test_switches_in_the_environment_are_not_settings() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("KICKSTAND_REQUIRE_SERVICES", "1");
+            jail.set_env("KICKSTAND_TEST_REDIS_URL", "redis://127.0.0.1:6379");
+            jail.set_env("KICKSTAND_ENGINE__WORKERS", "3");
+            let s = Settings::load(None, Figment::new()).map_err(|e| e.to_string())?;
+            assert_eq!(s.engine.workers, 3);
+            jail.set_env("KICKSTAND_ENGINE__WORKERZ", "3");
+            assert!(Settings::load(None, Figment::new()).is_err());
+            Ok(())
+        });
     }
 
     #[test]
