@@ -131,6 +131,8 @@ mod tests {
     }
 
     #[test]
+    // figment's `Jail` dictates the closure's error type, a large `figment::Error`.
+    #[allow(clippy::result_large_err)]
     fn test_switches_in_the_environment_are_not_settings() {
         figment::Jail::expect_with(|jail| {
             jail.set_env("KICKSTAND_REQUIRE_SERVICES", "1");
