@@ -86,6 +86,10 @@ pub trait StateStore: Send + Sync + 'static {
     /// Counts by state and battery; `stale_before_ms` is the time before which a vehicle's
     /// newest fix makes it stale.
     fn summary(&self, stale_before_ms: i64) -> FleetSummary;
+    /// Vehicles in `bbox` whose state changed after change number `since` (0: all of them),
+    /// appended to `out`. Returns the change number to pass next time. This is what the live
+    /// stream polls: each vehicle appears once however often it changed (coalescing).
+    fn changes_since(&self, bbox: &BBox, since: u64, out: &mut Vec<VehicleView>) -> u64;
     fn len(&self) -> usize;
     fn is_empty(&self) -> bool {
         self.len() == 0
@@ -98,6 +102,8 @@ struct Slot {
     id: VehicleId,
     point: Point,
     cell: u64,
+    /// The change number of the last update (see `MemoryState::changes`).
+    changed: u64,
 }
 
 #[derive(Default)]
@@ -108,7 +114,7 @@ struct Shard {
 }
 
 impl Shard {
-    fn apply(&mut self, fix: &Fix) {
+    fn apply(&mut self, fix: &Fix, change: u64) {
         let p = fix.point;
         let cell = geo::cell_of(p.lat_e6, p.lon_e6);
         match self.index.get(&fix.vehicle_id) {
@@ -118,6 +124,7 @@ impl Shard {
                     return;
                 }
                 slot.point = p;
+                slot.changed = change;
                 if slot.cell != cell {
                     let old = std::mem::replace(&mut slot.cell, cell);
                     if let Some(members) = self.grid.get_mut(&old) {
@@ -137,6 +144,7 @@ impl Shard {
                     id: fix.vehicle_id.clone(),
                     point: p,
                     cell,
+                    changed: change,
                 });
                 self.index.insert(fix.vehicle_id.clone(), i);
                 self.grid.entry(cell).or_default().push(i);
@@ -148,12 +156,15 @@ impl Shard {
 /// The embedded latest-state store.
 pub struct MemoryState {
     shards: Vec<RwLock<Shard>>,
+    /// Change numbers: every `apply` takes the next one and stamps the slots it changes.
+    changes: std::sync::atomic::AtomicU64,
 }
 
 impl Default for MemoryState {
     fn default() -> Self {
         MemoryState {
             shards: (0..SHARDS).map(|_| RwLock::default()).collect(),
+            changes: std::sync::atomic::AtomicU64::new(0),
         }
     }
 }
@@ -187,9 +198,13 @@ fn for_cells(shard: &Shard, bbox: &BBox, mut f: impl FnMut(&Slot)) {
 
 impl StateStore for MemoryState {
     fn apply(&self, fixes: &[Fix]) {
+        use std::sync::atomic::Ordering;
+        let change = self.changes.fetch_add(1, Ordering::Relaxed) + 1;
         if fixes.len() < 32 {
             for fix in fixes {
-                self.shards[shard_of(&fix.vehicle_id)].write().apply(fix);
+                self.shards[shard_of(&fix.vehicle_id)]
+                    .write()
+                    .apply(fix, change);
             }
             return;
         }
@@ -202,7 +217,9 @@ impl StateStore for MemoryState {
             let mut guard = None;
             for (fix, &o) in fixes.iter().zip(&owners) {
                 if usize::from(o) == s {
-                    guard.get_or_insert_with(|| shard.write()).apply(fix);
+                    guard
+                        .get_or_insert_with(|| shard.write())
+                        .apply(fix, change);
                 }
             }
         }
@@ -342,6 +359,25 @@ impl StateStore for MemoryState {
     fn len(&self) -> usize {
         self.shards.iter().map(|s| s.read().slots.len()).sum()
     }
+
+    fn changes_since(&self, bbox: &BBox, since: u64, out: &mut Vec<VehicleView>) -> u64 {
+        // Read the counter first: an update racing with the scan is either seen now or has a
+        // larger number and is seen next time; never lost.
+        let now = self.changes.load(std::sync::atomic::Ordering::Relaxed);
+        for shard in &self.shards {
+            let shard = shard.read();
+            for_cells(&shard, bbox, |slot| {
+                let p = &slot.point;
+                if slot.changed > since && bbox.contains(p.lat(), p.lon()) {
+                    out.push(VehicleView {
+                        vehicle_id: slot.id.clone(),
+                        point: *p,
+                    });
+                }
+            });
+        }
+        now
+    }
 }
 
 #[cfg(test)]
@@ -418,6 +454,38 @@ mod tests {
             s.within(world, StateFilter::default(), None, 1000).len(),
             50
         );
+    }
+
+    #[test]
+    fn changes_are_coalesced_and_cut_to_the_box() {
+        let s = MemoryState::default();
+        let world = BBox::parse("-180,-90,180,90").unwrap();
+        let mut out = Vec::new();
+        s.apply(&[fix("a", 1, 1.0, 1.0), fix("b", 1, 50.0, 50.0)]);
+        let c1 = s.changes_since(&world, 0, &mut out);
+        assert_eq!(out.len(), 2, "from 0: everything");
+        out.clear();
+        // a moves three times, b not at all, c is new far away.
+        for t in 2..5 {
+            s.apply(&[fix("a", t, 1.0, 1.0 + t as f64 * 1e-4)]);
+        }
+        s.apply(&[fix("c", 1, -30.0, -30.0)]);
+        s.apply(&[fix("b", 0, 50.0, 50.0)]); // older: not a change
+        let near_a = BBox::parse("0,0,2,2").unwrap();
+        let c2 = s.changes_since(&near_a, c1, &mut out);
+        let ids: Vec<_> = out
+            .iter()
+            .map(|v| v.vehicle_id.as_str().to_owned())
+            .collect();
+        assert_eq!(
+            ids,
+            vec!["a"],
+            "once, however often it moved; c is outside the box"
+        );
+        assert_eq!(out[0].point.ts, 4);
+        out.clear();
+        assert_eq!(s.changes_since(&world, c2, &mut out), c2);
+        assert!(out.is_empty());
     }
 
     #[test]

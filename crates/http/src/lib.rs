@@ -10,6 +10,7 @@
 
 pub mod json;
 pub mod problem;
+pub mod stream;
 
 use axum::Router;
 use axum::body::{Body, Bytes};
@@ -48,6 +49,17 @@ pub struct HttpConfig {
     /// Seconds a client may take to send a request body before it gets 408 and its slot is
     /// freed, so slow or stalled clients cannot hold ingest slots.
     pub body_timeout_secs: u64,
+    /// Live streams (`/api/v1/stream`) open at once; more get 503.
+    pub max_streams: usize,
+}
+
+/// Settings of the live map (`[map]`).
+#[derive(Clone, Debug, Default, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MapConfig {
+    /// A raster tile URL template with `{z}`, `{x}` and `{y}`, drawn under the vehicles; none by
+    /// default (the map works offline with a plain grid).
+    pub tile_url: Option<String>,
 }
 
 impl Default for HttpConfig {
@@ -58,6 +70,7 @@ impl Default for HttpConfig {
             max_track_hours: 24 * 7,
             max_inflight_ingest: 128,
             body_timeout_secs: 30,
+            max_streams: 64,
         }
     }
 }
@@ -71,22 +84,29 @@ pub struct AppState {
     pub metrics: Option<PrometheusHandle>,
     /// Permits for ingest requests in flight (`max_inflight_ingest`).
     pub ingest_slots: Arc<tokio::sync::Semaphore>,
+    /// Permits for open live streams (`max_streams`).
+    pub stream_slots: Arc<tokio::sync::Semaphore>,
+    pub map: MapConfig,
 }
 
 impl AppState {
     pub fn new(
         engine: Arc<Engine>,
         config: HttpConfig,
+        map: MapConfig,
         metrics: Option<PrometheusHandle>,
     ) -> AppState {
         let ingest_slots = Arc::new(tokio::sync::Semaphore::new(
             config.max_inflight_ingest.max(1),
         ));
+        let stream_slots = Arc::new(tokio::sync::Semaphore::new(config.max_streams.max(1)));
         AppState {
             engine,
             config,
             metrics,
             ingest_slots,
+            stream_slots,
+            map,
         }
     }
 }
@@ -99,6 +119,9 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/vehicles/{id}", get(get_vehicle))
         .route("/api/v1/vehicles/{id}/track", get(track))
         .route("/api/v1/fleet/summary", get(summary))
+        .route("/api/v1/stream", get(stream::stream))
+        .route("/api/v1/map/config", get(map_config))
+        .route("/", get(map_page))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_text))
@@ -570,6 +593,29 @@ async fn summary(
         "stale_minutes": stale_minutes,
     });
     Ok(json_response(StatusCode::OK, body.to_string().into_bytes()))
+}
+
+/// The live map, compiled into the binary: no separate front-end build or file to deploy.
+const MAP_HTML: &str = include_str!("../assets/map.html");
+
+/// `GET /`: the live map page. It holds no data; everything it shows comes from the API with
+/// the key the page was opened with.
+async fn map_page() -> Response {
+    (
+        StatusCode::OK,
+        [
+            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        MAP_HTML,
+    )
+        .into_response()
+}
+
+/// `GET /api/v1/map/config`: what the map page needs from the settings.
+async fn map_config(State(app): State<AppState>) -> Response {
+    let body = serde_json::json!({ "tile_url": app.map.tile_url });
+    json_response(StatusCode::OK, body.to_string().into_bytes())
 }
 
 async fn readyz(State(app): State<AppState>) -> Response {

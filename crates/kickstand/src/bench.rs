@@ -8,12 +8,11 @@
 //! point for 1 Hz traces, after the buckets closed and were compacted; (5) heap bytes per vehicle
 //! of the latest-state store.
 
+use crate::client::{connect, request};
 use crate::sim::{self, SEOUL, Scooter};
 use anyhow::Context;
 use axum::body::Bytes;
 use http_body_util::{BodyExt, Full};
-use hyper::client::conn::http1::SendRequest;
-use hyper_util::rt::TokioIo;
 use kickstand_engine::state::{MemoryState, StateStore};
 use kickstand_engine::{Engine, EngineConfig};
 use kickstand_http::HttpConfig;
@@ -109,6 +108,7 @@ async fn start_server(dir: &Path, config: EngineConfig) -> anyhow::Result<Server
         listener,
         engine.clone(),
         HttpConfig::default(),
+        kickstand_http::MapConfig::default(),
         async {
             let _ = rx.await;
         },
@@ -129,33 +129,6 @@ impl Server {
         self.task.await??;
         Ok(())
     }
-}
-
-async fn connect(addr: SocketAddr) -> anyhow::Result<SendRequest<Full<Bytes>>> {
-    let stream = tokio::net::TcpStream::connect(addr).await?;
-    stream.set_nodelay(true)?;
-    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
-    tokio::spawn(conn);
-    Ok(sender)
-}
-
-async fn request(
-    sender: &mut SendRequest<Full<Bytes>>,
-    method: hyper::Method,
-    path: &str,
-    body: Bytes,
-) -> anyhow::Result<(u16, Bytes)> {
-    sender.ready().await?;
-    let req = hyper::Request::builder()
-        .method(method)
-        .uri(path)
-        .header("host", "bench")
-        .header("content-type", "application/json")
-        .body(Full::new(body))?;
-    let resp = sender.send_request(req).await?;
-    let status = resp.status().as_u16();
-    let body = resp.into_body().collect().await?.to_bytes();
-    Ok((status, body))
 }
 
 /// Simulates `vehicles` scooters for `seconds` at 1 Hz ending at `end_ms`, as request bodies of

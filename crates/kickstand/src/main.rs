@@ -5,10 +5,12 @@
 
 mod alloc;
 mod bench;
+mod client;
 mod export;
 mod server;
 mod settings;
 mod sim;
+mod simulate;
 
 use clap::{Parser, Subcommand};
 use figment::Figment;
@@ -38,6 +40,8 @@ enum Command {
     Export(export::ExportArgs),
     /// Start an engine on a temporary directory, load it over real HTTP, print figures as JSON.
     Bench(bench::BenchArgs),
+    /// Drive a running Kickstand with a simulated fleet over HTTP.
+    Sim(simulate::SimArgs),
 }
 
 #[derive(clap::Args)]
@@ -54,6 +58,9 @@ struct RunArgs {
     /// Worker threads (0 = one per core).
     #[arg(long)]
     workers: Option<usize>,
+    /// Run N simulated scooters in-process, so the map shows a living fleet at once.
+    #[arg(long, value_name = "N")]
+    demo: Option<usize>,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -72,9 +79,21 @@ fn main() -> anyhow::Result<()> {
             }
             let settings = settings::Settings::load(args.config.as_deref(), flags)?;
             server::init_tracing(&settings.log)?;
-            server::run_blocking(settings)
+            server::run_blocking(
+                settings,
+                server::RunOptions {
+                    demo: args.demo.unwrap_or(0),
+                },
+            )
         }
         Command::Export(args) => export::run(args),
         Command::Bench(args) => bench::run(args),
+        Command::Sim(args) => {
+            server::init_tracing(&settings::LogSettings {
+                level: std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
+                ..settings::LogSettings::default()
+            })?;
+            simulate::run(args)
+        }
     }
 }

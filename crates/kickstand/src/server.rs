@@ -6,7 +6,7 @@
 use crate::settings::{LogSettings, Settings};
 use anyhow::Context;
 use kickstand_engine::Engine;
-use kickstand_http::{AppState, HttpConfig, router};
+use kickstand_http::{AppState, HttpConfig, MapConfig, router};
 use metrics_exporter_prometheus::PrometheusHandle;
 use std::future::Future;
 use std::sync::Arc;
@@ -44,9 +44,10 @@ pub async fn serve(
     listener: TcpListener,
     engine: Arc<Engine>,
     http: HttpConfig,
+    map: MapConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let app = router(AppState::new(engine.clone(), http, metrics_handle()));
+    let app = router(AppState::new(engine.clone(), http, map, metrics_handle()));
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
         .await
@@ -78,7 +79,32 @@ async fn shutdown_signal() {
     tracing::info!(message = "shutdown requested");
 }
 
-pub fn run_blocking(settings: Settings) -> anyhow::Result<()> {
+/// What `kickstand run` adds on top of the settings.
+pub struct RunOptions {
+    /// Simulated scooters to run in-process (0: none).
+    pub demo: usize,
+}
+
+/// Feeds the engine a simulated fleet, one report per scooter per second, until the engine
+/// shuts down. Goes through the same transport as HTTP ingest.
+async fn demo_fleet(engine: Arc<Engine>, vehicles: usize) {
+    let mut fleet = crate::sim::Fleet::new(vehicles, crate::sim::SEOUL, 1);
+    let mut ticker = tokio::time::interval(std::time::Duration::from_secs(1));
+    loop {
+        ticker.tick().await;
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64);
+        let fixes = fleet.tick(1.0, now);
+        match engine.transport.submit(fixes).await {
+            Ok(_) => {}
+            Err(kickstand_engine::transport::SubmitError::ShuttingDown) => return,
+            Err(error) => tracing::debug!(message = "demo tick skipped", %error),
+        }
+    }
+}
+
+pub fn run_blocking(settings: Settings, options: RunOptions) -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
@@ -99,6 +125,10 @@ pub fn run_blocking(settings: Settings) -> anyhow::Result<()> {
         let addr = listener.local_addr()?;
         tracing::info!(message = "kickstand is running", %addr, data_dir = %settings.data_dir.display(), workers = settings.engine.worker_count());
         println!("Kickstand is running: http://{addr}/  (data in {})", settings.data_dir.display());
-        serve(listener, engine, settings.http, shutdown_signal()).await
+        if options.demo > 0 {
+            tracing::info!(message = "demo fleet started", vehicles = options.demo);
+            tokio::spawn(demo_fleet(engine.clone(), options.demo));
+        }
+        serve(listener, engine, settings.http, settings.map, shutdown_signal()).await
     })
 }

@@ -6,7 +6,7 @@ use anyhow::Context;
 use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
 use kickstand_engine::EngineConfig;
-use kickstand_http::HttpConfig;
+use kickstand_http::{HttpConfig, MapConfig};
 use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -21,6 +21,7 @@ pub struct Settings {
     pub log: LogSettings,
     pub engine: EngineConfig,
     pub http: HttpConfig,
+    pub map: MapConfig,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize)]
@@ -50,6 +51,7 @@ impl Default for Settings {
             log: LogSettings::default(),
             engine: EngineConfig::default(),
             http: HttpConfig::default(),
+            map: MapConfig::default(),
         }
     }
 }

@@ -201,6 +201,68 @@ impl Scooter {
     }
 }
 
+/// Known cities for `--city`.
+pub fn city(name: &str) -> Option<City> {
+    let (lat, lon) = match name {
+        "seoul" => (37.5665, 126.9780),
+        "paris" => (48.8566, 2.3522),
+        "berlin" => (52.5200, 13.4050),
+        "new-york" => (40.7128, -74.0060),
+        "sao-paulo" => (-23.5505, -46.6333),
+        _ => return None,
+    };
+    Some(City { lat, lon, ..SEOUL })
+}
+
+/// A fleet of scooters reporting together, with the faults real devices have: now and then a
+/// report arrives late (held back a tick) or twice (a retry after a lost answer).
+pub struct Fleet {
+    pub scooters: Vec<Scooter>,
+    city: City,
+    rng: Rng,
+    /// Reports held back, sent with the next tick.
+    late: Vec<Fix>,
+}
+
+/// Share of reports that arrive one tick late, and share sent twice.
+const LATE: f64 = 0.003;
+const DUPLICATED: f64 = 0.003;
+
+impl Fleet {
+    pub fn new(vehicles: usize, city: City, seed: u64) -> Fleet {
+        Fleet {
+            scooters: (0..vehicles)
+                .map(|i| Scooter::new(i, &city, seed))
+                .collect(),
+            city,
+            rng: Rng::new(seed ^ 0xF1EE7),
+            late: Vec::new(),
+        }
+    }
+
+    /// Advances every scooter by `dt` seconds and returns this tick's reports, stamped `ts_ms`.
+    pub fn tick(&mut self, dt: f64, ts_ms: i64) -> Vec<Fix> {
+        let mut out = Vec::with_capacity(self.scooters.len() + self.late.len());
+        // Last tick's held-back reports go after this tick's: they arrive out of order.
+        let held = std::mem::take(&mut self.late);
+        for s in &mut self.scooters {
+            s.step(dt, &self.city);
+            let fix = s.fix(ts_ms, &self.city);
+            let r = self.rng.unit();
+            if r < LATE {
+                self.late.push(fix);
+            } else if r < LATE + DUPLICATED {
+                out.push(fix.clone());
+                out.push(fix);
+            } else {
+                out.push(fix);
+            }
+        }
+        out.extend(held);
+        out
+    }
+}
+
 /// Appends the JSON wire form of a fix, as a device sends it.
 pub fn write_json(out: &mut Vec<u8>, fix: &Fix) {
     use std::io::Write;
@@ -240,6 +302,40 @@ pub fn write_json(out: &mut Vec<u8>, fix: &Fix) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_fleet_is_deterministic_and_has_late_and_repeated_reports() {
+        let run = |seed| {
+            let mut f = Fleet::new(500, SEOUL, seed);
+            (0..20)
+                .flat_map(|t| f.tick(1.0, 1_800_000_000_000 + t * 1000))
+                .collect::<Vec<_>>()
+        };
+        let a = run(7);
+        assert_eq!(a, run(7));
+        assert_ne!(a, run(8));
+        // Late: a report older than one of the same vehicle that came before it.
+        let mut newest = std::collections::HashMap::new();
+        let mut late = false;
+        for f in &a {
+            let n = newest.entry(f.vehicle_id.clone()).or_insert(i64::MIN);
+            late |= f.point.ts < *n;
+            *n = (*n).max(f.point.ts);
+        }
+        assert!(late, "some reports arrive late");
+        let mut keys: Vec<_> = a
+            .iter()
+            .map(|f| (f.vehicle_id.clone(), f.point.ts))
+            .collect();
+        let n = keys.len();
+        keys.sort();
+        keys.dedup();
+        assert!(keys.len() < n, "some reports are sent twice");
+        let states: std::collections::HashSet<_> = a.iter().filter_map(|f| f.point.state).collect();
+        assert!(
+            states.contains(&VehicleState::Available) && states.contains(&VehicleState::OnTrip)
+        );
+    }
 
     #[test]
     fn the_simulation_is_deterministic_and_valid() {

@@ -1,0 +1,114 @@
+//! `GET /api/v1/stream`: the live map's feed, as Server-Sent Events.
+//!
+//! Pull, not push: each connection polls the latest-state store for what changed in its box
+//! since its last look ([`StateStore::changes_since`]) once per interval, and sends one `update`
+//! event with each changed vehicle once (coalesced), after a first `snapshot` of the whole box.
+//! Nothing is queued per client: a client that reads slowly is simply polled less often (its
+//! connection's send buffer is full, so its stream is not polled), and it gets the newest state
+//! when it reads again. Ingest never waits for a client, and a client costs one pending event of
+//! memory at most. The number of streams is bounded (`http.max_streams`).
+
+use crate::AppState;
+use crate::json;
+use crate::problem::Problem;
+use axum::extract::{Query, State};
+use axum::http::StatusCode;
+use axum::response::sse::{Event, KeepAlive, Sse};
+use futures_util::Stream;
+use kickstand_domain::geo::BBox;
+use kickstand_engine::state::{StateStore, VehicleView};
+use serde::Deserialize;
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StreamQuery {
+    /// `minLon,minLat,maxLon,maxLat`; the whole world when absent.
+    bbox: Option<String>,
+    /// Milliseconds between updates (50–60000, default 250).
+    interval_ms: Option<u64>,
+    /// The API key, for clients that cannot send headers (EventSource); checked by the auth
+    /// layer.
+    #[allow(dead_code)]
+    access_token: Option<String>,
+}
+
+/// One client's position in the change sequence.
+struct Cursor {
+    state: Arc<dyn StateStore>,
+    bbox: BBox,
+    since: u64,
+    ticker: tokio::time::Interval,
+    snapshot_sent: bool,
+    /// Held for as long as the stream lives.
+    _slot: tokio::sync::OwnedSemaphorePermit,
+}
+
+fn event(kind: &'static str, vehicles: &[VehicleView]) -> Event {
+    let mut out = Vec::with_capacity(64 + vehicles.len() * 200);
+    out.extend_from_slice(b"{\"vehicles\":[");
+    for (i, v) in vehicles.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        json::vehicle(&mut out, &v.vehicle_id, &v.point, None);
+    }
+    out.extend_from_slice(b"]}");
+    let data = String::from_utf8(out).expect("the JSON writer only writes ASCII");
+    Event::default().event(kind).data(data)
+}
+
+pub async fn stream(
+    State(app): State<AppState>,
+    q: Result<Query<StreamQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, Problem> {
+    let Query(q) = q?;
+    let bbox = match q.bbox.as_deref() {
+        Some(b) => BBox::parse(b).map_err(|r| Problem::bad_param("bbox", format!("bbox {r}")))?,
+        None => BBox::parse("-180,-90,180,90").expect("the world is a valid box"),
+    };
+    let interval_ms = q.interval_ms.unwrap_or(250);
+    if !(50..=60_000).contains(&interval_ms) {
+        return Err(Problem::bad_param(
+            "interval_ms",
+            "interval_ms must be between 50 and 60000",
+        ));
+    }
+    let slot = app.stream_slots.clone().try_acquire_owned().map_err(|_| {
+        Problem::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "Service unavailable",
+            "too many live streams are open",
+        )
+    })?;
+    let mut ticker = tokio::time::interval(Duration::from_millis(interval_ms));
+    // A client that fell behind gets the newest state, not a burst of old ticks.
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let cursor = Cursor {
+        state: app.engine.state.clone(),
+        bbox,
+        since: 0,
+        ticker,
+        snapshot_sent: false,
+        _slot: slot,
+    };
+    let events = futures_util::stream::unfold(cursor, |mut c| async move {
+        let mut changed = Vec::new();
+        if !c.snapshot_sent {
+            c.ticker.tick().await; // the first tick is immediate
+            c.since = c.state.changes_since(&c.bbox, 0, &mut changed);
+            c.snapshot_sent = true;
+            return Some((Ok(event("snapshot", &changed)), c));
+        }
+        loop {
+            c.ticker.tick().await;
+            c.since = c.state.changes_since(&c.bbox, c.since, &mut changed);
+            if !changed.is_empty() {
+                return Some((Ok(event("update", &changed)), c));
+            }
+        }
+    });
+    Ok(Sse::new(events).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
+}
