@@ -8,6 +8,7 @@
 //! real socket. Handlers do no blocking I/O: ingest awaits the workers' group commit, queries
 //! read the in-memory state or the history store.
 
+pub mod auth;
 pub mod json;
 pub mod problem;
 pub mod stream;
@@ -87,6 +88,8 @@ pub struct AppState {
     /// Permits for open live streams (`max_streams`).
     pub stream_slots: Arc<tokio::sync::Semaphore>,
     pub map: MapConfig,
+    /// API keys; `None` when authentication is off.
+    pub keys: Option<Arc<auth::KeyStore>>,
 }
 
 impl AppState {
@@ -94,6 +97,7 @@ impl AppState {
         engine: Arc<Engine>,
         config: HttpConfig,
         map: MapConfig,
+        keys: Option<Arc<auth::KeyStore>>,
         metrics: Option<PrometheusHandle>,
     ) -> AppState {
         let ingest_slots = Arc::new(tokio::sync::Semaphore::new(
@@ -107,24 +111,39 @@ impl AppState {
             ingest_slots,
             stream_slots,
             map,
+            keys,
         }
     }
 }
 
-/// The whole API.
-pub fn router(state: AppState) -> Router {
-    Router::new()
+/// The whole API, route groups behind the scope they need (see [`auth`]).
+pub fn router(state: AppState) -> Router<()> {
+    use auth::{Guard, Scope};
+    use axum::middleware::from_fn_with_state;
+    let guard = |scope| Guard {
+        keys: state.keys.clone(),
+        scope,
+    };
+    let ingest_routes = Router::new()
         .route("/api/v1/telemetry", post(ingest))
+        .route_layer(from_fn_with_state(guard(Scope::Ingest), auth::require));
+    let read_routes = Router::new()
         .route("/api/v1/vehicles", get(list_vehicles))
         .route("/api/v1/vehicles/{id}", get(get_vehicle))
         .route("/api/v1/vehicles/{id}/track", get(track))
         .route("/api/v1/fleet/summary", get(summary))
         .route("/api/v1/stream", get(stream::stream))
         .route("/api/v1/map/config", get(map_config))
+        .route("/metrics", get(metrics_text))
+        .route_layer(from_fn_with_state(guard(Scope::Read), auth::require));
+    let open_routes = Router::new()
         .route("/", get(map_page))
         .route("/healthz", get(|| async { "ok\n" }))
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics_text))
+        .route("/readyz", get(readyz));
+    Router::new()
+        .merge(ingest_routes)
+        .merge(read_routes)
+        .merge(open_routes)
         .fallback(|| async { Problem::not_found("no such route") })
         .with_state(state)
 }

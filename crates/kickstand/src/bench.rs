@@ -109,6 +109,7 @@ async fn start_server(dir: &Path, config: EngineConfig) -> anyhow::Result<Server
         engine.clone(),
         HttpConfig::default(),
         kickstand_http::MapConfig::default(),
+        None,
         async {
             let _ = rx.await;
         },

@@ -7,6 +7,7 @@ mod alloc;
 mod bench;
 mod client;
 mod export;
+mod keys;
 mod server;
 mod settings;
 mod sim;
@@ -42,6 +43,8 @@ enum Command {
     Bench(bench::BenchArgs),
     /// Drive a running Kickstand with a simulated fleet over HTTP.
     Sim(simulate::SimArgs),
+    /// Manage API keys: create, list, revoke.
+    Key(keys::KeyArgs),
 }
 
 #[derive(clap::Args)]
@@ -61,6 +64,15 @@ struct RunArgs {
     /// Run N simulated scooters in-process, so the map shows a living fleet at once.
     #[arg(long, value_name = "N")]
     demo: Option<usize>,
+    /// API keys: `on` (default) or `off` (loopback addresses only, for local development).
+    #[arg(long, value_name = "on|off")]
+    auth: Option<OnOff>,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum OnOff {
+    On,
+    Off,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -77,6 +89,9 @@ fn main() -> anyhow::Result<()> {
             if let Some(w) = args.workers {
                 flags = flags.merge(Serialized::default("engine.workers", w));
             }
+            if let Some(a) = args.auth {
+                flags = flags.merge(Serialized::default("auth.enabled", matches!(a, OnOff::On)));
+            }
             let settings = settings::Settings::load(args.config.as_deref(), flags)?;
             server::init_tracing(&settings.log)?;
             server::run_blocking(
@@ -88,6 +103,7 @@ fn main() -> anyhow::Result<()> {
         }
         Command::Export(args) => export::run(args),
         Command::Bench(args) => bench::run(args),
+        Command::Key(args) => keys::run(args),
         Command::Sim(args) => {
             server::init_tracing(&settings::LogSettings {
                 level: std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),

@@ -6,11 +6,21 @@
 use crate::settings::{LogSettings, Settings};
 use anyhow::Context;
 use kickstand_engine::Engine;
+use kickstand_http::auth::{KeyStore, Scope};
 use kickstand_http::{AppState, HttpConfig, MapConfig, router};
 use metrics_exporter_prometheus::PrometheusHandle;
 use std::future::Future;
 use std::sync::Arc;
 use tokio::net::TcpListener;
+
+/// Prints a line for the person who started the server. A closed stdout (a supervisor that
+/// stopped reading) must not take the server down, so write errors are ignored.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write;
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
 
 pub fn init_tracing(log: &LogSettings) -> anyhow::Result<()> {
     let filter = tracing_subscriber::EnvFilter::try_new(&log.level).context("log.level")?;
@@ -45,9 +55,16 @@ pub async fn serve(
     engine: Arc<Engine>,
     http: HttpConfig,
     map: MapConfig,
+    keys: Option<Arc<KeyStore>>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let app = router(AppState::new(engine.clone(), http, map, metrics_handle()));
+    let app = router(AppState::new(
+        engine.clone(),
+        http,
+        map,
+        keys,
+        metrics_handle(),
+    ));
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
         .await
@@ -124,11 +141,27 @@ pub fn run_blocking(settings: Settings, options: RunOptions) -> anyhow::Result<(
             .with_context(|| format!("cannot listen on {}", settings.listen))?;
         let addr = listener.local_addr()?;
         tracing::info!(message = "kickstand is running", %addr, data_dir = %settings.data_dir.display(), workers = settings.engine.worker_count());
-        println!("Kickstand is running: http://{addr}/  (data in {})", settings.data_dir.display());
+        // Keys: the first run on a new data directory creates an admin key and prints a URL
+        // that carries it, the way notebook servers do; later runs print the plain URL.
+        let keys = if settings.auth.enabled {
+            let store = KeyStore::open(KeyStore::path_in(&settings.data_dir))?;
+            if store.is_empty() {
+                let (_, token) = store.create("admin (first run)", &[Scope::Admin])?;
+                say!("Kickstand is running: http://{addr}/?token={token}  (data in {})", settings.data_dir.display());
+                say!("This admin key is shown once; create more with `kickstand key create`.");
+            } else {
+                say!("Kickstand is running: http://{addr}/  (data in {}; open it with ?token=<an API key>)", settings.data_dir.display());
+            }
+            Some(Arc::new(store))
+        } else {
+            say!("Kickstand is running: http://{addr}/  (data in {}; authentication is OFF)", settings.data_dir.display());
+            tracing::warn!(message = "authentication is off: anyone who can reach the port can read and write the fleet");
+            None
+        };
         if options.demo > 0 {
             tracing::info!(message = "demo fleet started", vehicles = options.demo);
             tokio::spawn(demo_fleet(engine.clone(), options.demo));
         }
-        serve(listener, engine, settings.http, settings.map, shutdown_signal()).await
+        serve(listener, engine, settings.http, settings.map, keys, shutdown_signal()).await
     })
 }

@@ -22,6 +22,21 @@ pub struct Settings {
     pub engine: EngineConfig,
     pub http: HttpConfig,
     pub map: MapConfig,
+    pub auth: AuthSettings,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthSettings {
+    /// Require API keys (`Authorization: Bearer`). Off is for local development only and is
+    /// refused unless the listen address is loopback.
+    pub enabled: bool,
+}
+
+impl Default for AuthSettings {
+    fn default() -> Self {
+        AuthSettings { enabled: true }
+    }
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize)]
@@ -52,6 +67,7 @@ impl Default for Settings {
             engine: EngineConfig::default(),
             http: HttpConfig::default(),
             map: MapConfig::default(),
+            auth: AuthSettings::default(),
         }
     }
 }
@@ -103,6 +119,12 @@ impl Settings {
         anyhow::ensure!(
             matches!(self.log.format.as_str(), "text" | "json"),
             "log.format must be text or json"
+        );
+        anyhow::ensure!(
+            self.auth.enabled || self.listen.ip().is_loopback(),
+            "authentication may be off only on a loopback address, not {}: anyone who can reach \
+             the port could read and write the fleet",
+            self.listen
         );
         Ok(())
     }

@@ -22,11 +22,23 @@ pub fn now_ms() -> i64 {
 }
 
 impl Server {
-    /// Starts `kickstand run` on `data` with extra flags/env, and waits until it listens.
+    /// Starts `kickstand run` on `data` with authentication off (loopback) and extra env, and
+    /// waits until it listens.
     pub fn start_with(data: &Path, env: &[(&str, &str)]) -> Server {
+        Server::start_args(data, &["--auth", "off"], env).0
+    }
+
+    /// Starts `kickstand run` with API keys on; returns the server and the first line it printed
+    /// (which carries the admin key on a new data directory).
+    pub fn start_secure(data: &Path) -> (Server, String) {
+        Server::start_args(data, &[], &[])
+    }
+
+    fn start_args(data: &Path, args: &[&str], env: &[(&str, &str)]) -> (Server, String) {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_kickstand"));
         cmd.args(["run", "--listen", "127.0.0.1:0", "--data"])
             .arg(data)
+            .args(args)
             .env("KICKSTAND_LOG__LEVEL", "warn")
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit());
@@ -44,11 +56,14 @@ impl Server {
             .unwrap_or_else(|| panic!("no address in {line:?}"))
             .parse()
             .unwrap();
-        Server {
-            addr,
-            child,
-            data: data.to_path_buf(),
-        }
+        (
+            Server {
+                addr,
+                child,
+                data: data.to_path_buf(),
+            },
+            line,
+        )
     }
 
     pub fn start(data: &Path) -> Server {
