@@ -10,6 +10,7 @@
 
 pub mod auth;
 pub mod json;
+pub mod openapi;
 pub mod problem;
 pub mod stream;
 
@@ -18,7 +19,6 @@ use axum::body::{Body, Bytes};
 use axum::extract::{Path, Query, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
 use kickstand_domain::geo::{self, BBox};
 use kickstand_domain::input::{BodyError, BodyFormat, parse_body};
 use kickstand_domain::timefmt::parse_query_time;
@@ -28,11 +28,14 @@ use kickstand_engine::metrics as m;
 use kickstand_engine::state::StateFilter;
 use kickstand_engine::transport::SubmitError;
 use metrics_exporter_prometheus::PrometheusHandle;
+use openapi::TelemetryBody;
 use problem::Problem;
 use serde::Deserialize;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 /// Settings of the HTTP API (`[http]`).
 #[derive(Clone, Debug, Deserialize, serde::Serialize)]
@@ -116,35 +119,60 @@ impl AppState {
     }
 }
 
-/// The whole API, route groups behind the scope they need (see [`auth`]).
-pub fn router(state: AppState) -> Router<()> {
-    use auth::{Guard, Scope};
-    use axum::middleware::from_fn_with_state;
-    let guard = |scope| Guard {
-        keys: state.keys.clone(),
-        scope,
-    };
-    let ingest_routes = Router::new()
-        .route("/api/v1/telemetry", post(ingest))
-        .route_layer(from_fn_with_state(guard(Scope::Ingest), auth::require));
-    let read_routes = Router::new()
-        .route("/api/v1/vehicles", get(list_vehicles))
-        .route("/api/v1/vehicles/{id}", get(get_vehicle))
-        .route("/api/v1/vehicles/{id}/track", get(track))
-        .route("/api/v1/fleet/summary", get(summary))
-        .route("/api/v1/stream", get(stream::stream))
-        .route("/api/v1/map/config", get(map_config))
-        .route("/metrics", get(metrics_text))
-        .route_layer(from_fn_with_state(guard(Scope::Read), auth::require));
-    let open_routes = Router::new()
-        .route("/", get(map_page))
-        .route("/healthz", get(|| async { "ok\n" }))
-        .route("/readyz", get(readyz));
-    Router::new()
+/// Every route with its documentation, route groups behind the scope they need (see
+/// [`auth`]). Routes are added only with `routes!`, which takes the method and path from the
+/// handler's `#[utoipa::path]`, so the router and the OpenAPI document come from this one list
+/// (see [`openapi`]). `keys` only feeds the guards; the document does not depend on it.
+fn routes(keys: Option<Arc<auth::KeyStore>>) -> OpenApiRouter<AppState> {
+    use auth::Scope;
+    let ingest_routes = guarded(
+        OpenApiRouter::new().routes(routes!(ingest)),
+        Scope::Ingest,
+        &keys,
+    );
+    let read_routes = guarded(
+        OpenApiRouter::new()
+            .routes(routes!(list_vehicles))
+            .routes(routes!(get_vehicle))
+            .routes(routes!(track))
+            .routes(routes!(summary))
+            .routes(routes!(stream::stream))
+            .routes(routes!(map_config))
+            .routes(routes!(metrics_text)),
+        Scope::Read,
+        &keys,
+    );
+    let open_routes = OpenApiRouter::new()
+        .routes(routes!(map_page))
+        .routes(routes!(healthz))
+        .routes(routes!(readyz))
+        .routes(routes!(openapi::openapi_json))
+        .routes(routes!(openapi::api_page));
+    OpenApiRouter::with_openapi(<openapi::ApiDoc as utoipa::OpenApi>::openapi())
         .merge(ingest_routes)
         .merge(read_routes)
         .merge(open_routes)
-        .fallback(|| async { Problem::not_found("no such route") })
+}
+
+/// Puts a route group behind `scope`: the auth layer for its routes, and the same requirement
+/// (bearer key, scope, 401/403) in the document for its operations.
+fn guarded(
+    mut group: OpenApiRouter<AppState>,
+    scope: auth::Scope,
+    keys: &Option<Arc<auth::KeyStore>>,
+) -> OpenApiRouter<AppState> {
+    openapi::require_scope(group.get_openapi_mut(), scope);
+    let guard = auth::Guard {
+        keys: keys.clone(),
+        scope,
+    };
+    group.route_layer(axum::middleware::from_fn_with_state(guard, auth::require))
+}
+
+/// The whole API, route groups behind the scope they need (see [`auth`]).
+pub fn router(state: AppState) -> Router<()> {
+    let (api, _doc) = routes(state.keys.clone()).split_for_parts();
+    api.fallback(|| async { Problem::not_found("no such route") })
         .with_state(state)
 }
 
@@ -205,6 +233,36 @@ async fn read_body(body: Body, limit: usize) -> Result<Bytes, Problem> {
 }
 
 /// `POST /api/v1/telemetry`: one fix, a JSON array of fixes, or NDJSON.
+#[utoipa::path(
+    post,
+    path = "/api/v1/telemetry",
+    tag = "telemetry",
+    summary = "Send positions",
+    description = "Stores fixes: one fix object, a JSON array of fixes, or NDJSON (one object \
+        per line). Every item is judged on its own: good ones are stored, refused ones are listed \
+        with their index, field and reason. `202` is sent only after every accepted fix is on \
+        disk (fdatasync). A fix already stored is counted in `duplicates` and not stored again, \
+        so retrying is always safe. Coordinates are kept to 1e-6°, speed, heading, battery, \
+        accuracy and altitude to 0.1, the odometer to whole metres and time to milliseconds.",
+    request_body(
+        description = "`application/json`: one `FixInput` or an array of them. \
+            `application/x-ndjson`: one `FixInput` object per line (blank lines are ignored).",
+        content(
+            (TelemetryBody = "application/json"),
+            (String = "application/x-ndjson", example = json!("{\"vehicle_id\":\"scooter-1\",\"ts\":1795600800000,\"lat\":37.5665,\"lon\":126.978}\n")),
+        ),
+    ),
+    responses(
+        (status = 202, description = "Some or all fixes were accepted; refused items are listed in `rejected`.", body = openapi::IngestResult, content_type = "application/json"),
+        (status = 400, description = "The body is empty, not valid JSON, or neither an object nor an array.", body = Problem, content_type = "application/problem+json"),
+        (status = 408, description = "The body did not arrive within `http.body_timeout_secs` (default 30 s).", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "The body is over `http.body_limit_bytes` (default 8 MiB).", body = Problem, content_type = "application/problem+json"),
+        (status = 415, description = "The content type is not `application/json` or `application/x-ndjson`.", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Every item was refused; `errors` names each item's field.", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "The pipeline is full, or `http.max_inflight_ingest` requests are already being read. Nothing was dropped; retry after `Retry-After` seconds. Part of a refused batch may already be stored: the retry reports those fixes as duplicates.", body = Problem, content_type = "application/problem+json",
+            headers(("Retry-After" = u64, description = "Seconds to wait before retrying."))),
+    )
+)]
 async fn ingest(State(app): State<AppState>, req: Request) -> Response {
     match ingest_inner(&app, req).await {
         Ok(r) => r,
@@ -327,6 +385,19 @@ fn vehicle_id(id: &str) -> Result<VehicleId, Problem> {
 }
 
 /// `GET /api/v1/vehicles/{id}`: the latest state.
+#[utoipa::path(
+    get,
+    path = "/api/v1/vehicles/{id}",
+    tag = "vehicles",
+    summary = "The latest state of a vehicle",
+    description = "The newest fix of a vehicle.",
+    params(("id" = String, Path, description = "The vehicle id: 1–64 characters of `[A-Za-z0-9_.:-]`.")),
+    responses(
+        (status = 200, description = "The vehicle.", body = openapi::Vehicle, content_type = "application/json"),
+        (status = 400, description = "The id is not a valid vehicle id.", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No vehicle with this id has reported.", body = Problem, content_type = "application/problem+json"),
+    )
+)]
 async fn get_vehicle(
     State(app): State<AppState>,
     Path(id): Path<String>,
@@ -357,6 +428,7 @@ fn num(q: &HashMap<String, String>, name: &'static str) -> Result<Option<f64>, P
         .transpose()
 }
 
+/// The query parameters `list_vehicles` accepts (documented by [`openapi::ListQuery`]).
 const KNOWN_LIST_PARAMS: [&str; 7] = [
     "near",
     "radius_m",
@@ -368,6 +440,21 @@ const KNOWN_LIST_PARAMS: [&str; 7] = [
 ];
 
 /// `GET /api/v1/vehicles?near=LAT,LON&radius_m=R` or `?bbox=…`, with filters.
+#[utoipa::path(
+    get,
+    path = "/api/v1/vehicles",
+    tag = "vehicles",
+    summary = "Find vehicles near a point or in a box",
+    description = "Give exactly one of `near` and `bbox`. `near=LAT,LON&radius_m=500`: the \
+        vehicles within the radius, nearest first, each with `distance_m`. \
+        `bbox=minLon,minLat,maxLon,maxLat`: the vehicles in the box by id, paged with `limit` and \
+        `cursor` (from `next_cursor`). Both accept the filters `state` and `battery_lt`.",
+    params(openapi::ListQuery),
+    responses(
+        (status = 200, description = "The vehicles found.", body = openapi::VehicleList, content_type = "application/json"),
+        (status = 400, description = "A parameter is missing, unknown or out of range; `field` names it.", body = Problem, content_type = "application/problem+json"),
+    )
+)]
 async fn list_vehicles(
     State(app): State<AppState>,
     Query(q): Query<HashMap<String, String>>,
@@ -476,16 +563,45 @@ async fn list_vehicles(
     Ok(json_response(StatusCode::OK, out))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 struct TrackQuery {
+    /// Start of the range: RFC 3339 or epoch milliseconds (default: one hour before `to`).
     from: Option<String>,
+    /// End of the range: RFC 3339 or epoch milliseconds (default: now). The range may span at
+    /// most `http.max_track_hours` (use `kickstand export` beyond).
     to: Option<String>,
+    /// `json` (default) or `geojson` (a LineString Feature with the times in its properties).
+    #[param(pattern = "^(json|geojson)$")]
     format: Option<String>,
+    /// Simplify the line to this tolerance in metres (Douglas–Peucker).
+    #[param(value_type = Option<f64>, minimum = 0.0)]
     simplify_m: Option<String>,
 }
 
 /// `GET /api/v1/vehicles/{id}/track?from=&to=&format=json|geojson&simplify_m=`.
+#[utoipa::path(
+    get,
+    path = "/api/v1/vehicles/{id}/track",
+    tag = "vehicles",
+    summary = "A vehicle's track",
+    description = "The vehicle's fixes in a time range, in time order; the default range is the \
+        last hour. An unknown vehicle has an empty track. The body streams while it is written.",
+    params(
+        ("id" = String, Path, description = "The vehicle id: 1–64 characters of `[A-Za-z0-9_.:-]`."),
+        TrackQuery,
+    ),
+    responses(
+        (status = 200, description = "The track: Kickstand's JSON (`format=json`) or a GeoJSON Feature (`format=geojson`).",
+            content(
+                (openapi::Track = "application/json"),
+                (openapi::TrackFeature = "application/geo+json"),
+            )),
+        (status = 400, description = "A parameter is invalid or the range is too long; `field` names it.", body = Problem, content_type = "application/problem+json"),
+        (status = 500, description = "The history store failed.", body = Problem, content_type = "application/problem+json"),
+    )
+)]
 async fn track(
     State(app): State<AppState>,
     Path(id): Path<String>,
@@ -587,13 +703,28 @@ async fn track(
     Ok((StatusCode::OK, [(header::CONTENT_TYPE, ct)], body).into_response())
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 struct SummaryQuery {
+    /// Count vehicles not heard from in this many minutes as stale (default 15).
     stale_minutes: Option<u32>,
 }
 
 /// `GET /api/v1/fleet/summary?stale_minutes=15`.
+#[utoipa::path(
+    get,
+    path = "/api/v1/fleet/summary",
+    tag = "fleet",
+    summary = "Fleet summary",
+    description = "Counts by state, a battery histogram, and the vehicles not heard from in \
+        `stale_minutes` minutes.",
+    params(SummaryQuery),
+    responses(
+        (status = 200, description = "The summary.", body = openapi::FleetSummary, content_type = "application/json"),
+        (status = 400, description = "A parameter is invalid or unknown.", body = Problem, content_type = "application/problem+json"),
+    )
+)]
 async fn summary(
     State(app): State<AppState>,
     q: Result<Query<SummaryQuery>, axum::extract::rejection::QueryRejection>,
@@ -619,6 +750,17 @@ const MAP_HTML: &str = include_str!("../assets/map.html");
 
 /// `GET /`: the live map page. It holds no data; everything it shows comes from the API with
 /// the key the page was opened with.
+#[utoipa::path(
+    get,
+    path = "/",
+    tag = "live",
+    summary = "The live map",
+    description = "The live map page, served from the binary. It holds no fleet data: it reads \
+        the API with the key it was opened with (`/?key=…`).",
+    responses(
+        (status = 200, description = "The HTML page.", body = String, content_type = "text/html"),
+    )
+)]
 async fn map_page() -> Response {
     (
         StatusCode::OK,
@@ -632,11 +774,49 @@ async fn map_page() -> Response {
 }
 
 /// `GET /api/v1/map/config`: what the map page needs from the settings.
+#[utoipa::path(
+    get,
+    path = "/api/v1/map/config",
+    tag = "live",
+    summary = "Map settings",
+    description = "What the map page needs from the settings (`[map]`).",
+    responses(
+        (status = 200, description = "The map settings.", body = openapi::MapConfig, content_type = "application/json"),
+    )
+)]
 async fn map_config(State(app): State<AppState>) -> Response {
     let body = serde_json::json!({ "tile_url": app.map.tile_url });
     json_response(StatusCode::OK, body.to_string().into_bytes())
 }
 
+/// `GET /healthz`: liveness.
+#[utoipa::path(
+    get,
+    path = "/healthz",
+    tag = "operations",
+    summary = "Liveness",
+    description = "Answers `ok` while the process serves HTTP.",
+    responses(
+        (status = 200, description = "Alive.", body = String, content_type = "text/plain", example = "ok\n"),
+    )
+)]
+async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+/// `GET /readyz`: readiness.
+#[utoipa::path(
+    get,
+    path = "/readyz",
+    tag = "operations",
+    summary = "Readiness",
+    description = "Ready unless the ingest queue is 90 % full or the history store has failed.",
+    responses(
+        (status = 200, description = "Ready.", body = String, content_type = "text/plain", example = "ready\n"),
+        (status = 503, description = "The ingest pipeline is nearly full, or the history store has failed.", body = Problem, content_type = "application/problem+json",
+            headers(("Retry-After" = u64, description = "Seconds to wait before asking again."))),
+    )
+)]
 async fn readyz(State(app): State<AppState>) -> Response {
     if !app.engine.history.is_healthy() {
         return Problem::unavailable("the history store has failed; see the logs", 30)
@@ -653,6 +833,18 @@ async fn readyz(State(app): State<AppState>) -> Response {
     "ready\n".into_response()
 }
 
+/// `GET /metrics`: Prometheus metrics.
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "operations",
+    summary = "Prometheus metrics",
+    description = "Every series is described and present from the start \
+        (`kickstand_<area>_<what>_<unit>`).",
+    responses(
+        (status = 200, description = "The Prometheus text format.", body = String, content_type = "text/plain"),
+    )
+)]
 async fn metrics_text(State(app): State<AppState>) -> Response {
     metrics::gauge!(m::QUEUE_DEPTH_FIXES).set(app.engine.transport.queue_depth() as f64);
     metrics::gauge!(m::STATE_VEHICLES).set(app.engine.state.len() as f64);

@@ -6,18 +6,28 @@ use axum::response::{IntoResponse, Response};
 use kickstand_domain::input::Rejection;
 use serde::Serialize;
 
-#[derive(Debug, Serialize)]
+/// An error (RFC 9457 problem details).
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct Problem {
+    /// Always `about:blank`: the status and title say what happened.
     #[serde(rename = "type")]
+    #[schema(value_type = String, example = "about:blank")]
     pub kind: &'static str,
+    /// A short summary of the kind of error, e.g. `Not found`.
+    #[schema(value_type = String)]
     pub title: &'static str,
+    /// The HTTP status code.
     pub status: u16,
+    /// What went wrong in this case.
     pub detail: String,
-    /// Per-item errors of a batch.
+    /// Per-item errors of a batch (422).
     #[serde(skip_serializing_if = "Vec::is_empty")]
+    #[schema(value_type = Vec<crate::openapi::Rejection>)]
     pub errors: Vec<Rejection>,
     /// The query parameter or field at fault, when there is one.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = String)]
     pub field: Option<&'static str>,
     #[serde(skip)]
     pub retry_after: Option<u64>,

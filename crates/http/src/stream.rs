@@ -22,12 +22,14 @@ use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct StreamQuery {
     /// `minLon,minLat,maxLon,maxLat`; the whole world when absent.
     bbox: Option<String>,
     /// Milliseconds between updates (50–60000, default 250).
+    #[param(minimum = 50, maximum = 60000)]
     interval_ms: Option<u64>,
     /// The API key, for clients that cannot send headers (EventSource); checked by the auth
     /// layer.
@@ -60,6 +62,26 @@ fn event(kind: &'static str, vehicles: &[VehicleView]) -> Event {
     Event::default().event(kind).data(data)
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/stream",
+    tag = "live",
+    summary = "Live stream of vehicle states",
+    description = "Server-Sent Events (`text/event-stream`). The first event, `snapshot`, holds \
+        every vehicle in `bbox`; after it, once per `interval_ms`, an `update` event holds each \
+        vehicle in the box that changed since the last event, once (coalesced), and nothing is \
+        sent when none did. The `data` of both events is a `StreamEvent` JSON object \
+        (`{\"vehicles\": [Vehicle, …]}`). A comment keeps the connection alive every 15 s. A \
+        slow client is polled less often and gets the newest state; it never slows ingest.",
+    params(StreamQuery),
+    responses(
+        (status = 200, description = "The event stream: `event: snapshot` then `event: update` events, each with `data: StreamEvent`.",
+            body = String, content_type = "text/event-stream",
+            example = "event: snapshot\ndata: {\"vehicles\":[{\"vehicle_id\":\"scooter-1\",\"ts\":\"2026-11-25T10:00:00.000Z\",\"lat\":37.5665,\"lon\":126.978}]}\n\n"),
+        (status = 400, description = "`bbox` or `interval_ms` is invalid, or a parameter is unknown.", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "`http.max_streams` streams are already open.", body = Problem, content_type = "application/problem+json"),
+    )
+)]
 pub async fn stream(
     State(app): State<AppState>,
     q: Result<Query<StreamQuery>, axum::extract::rejection::QueryRejection>,

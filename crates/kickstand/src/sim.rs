@@ -104,6 +104,11 @@ impl Scooter {
         }
     }
 
+    /// Whether the scooter is on a trip (and so reports every interval).
+    pub fn is_riding(&self) -> bool {
+        self.state == VehicleState::OnTrip
+    }
+
     /// Advances the scooter by `dt` seconds.
     pub fn step(&mut self, dt: f64, city: &City) {
         self.phase_left -= dt;
@@ -222,7 +227,13 @@ pub struct Fleet {
     rng: Rng,
     /// Reports held back, sent with the next tick.
     late: Vec<Fix>,
+    /// Ticks so far: a parked scooter reports on every `PARKED_EVERY`-th tick only.
+    ticks: u64,
 }
+
+/// A parked scooter's device reports this much less often than a riding one (a heartbeat), as
+/// real trackers do to save battery.
+const PARKED_EVERY: u64 = 30;
 
 /// Share of reports that arrive one tick late, and share sent twice.
 const LATE: f64 = 0.003;
@@ -237,6 +248,7 @@ impl Fleet {
             city,
             rng: Rng::new(seed ^ 0xF1EE7),
             late: Vec::new(),
+            ticks: 0,
         }
     }
 
@@ -245,8 +257,14 @@ impl Fleet {
         let mut out = Vec::with_capacity(self.scooters.len() + self.late.len());
         // Last tick's held-back reports go after this tick's: they arrive out of order.
         let held = std::mem::take(&mut self.late);
-        for s in &mut self.scooters {
+        let tick = self.ticks;
+        self.ticks += 1;
+        for (i, s) in self.scooters.iter_mut().enumerate() {
             s.step(dt, &self.city);
+            // Spread the heartbeats of parked scooters over the ticks.
+            if !s.is_riding() && !(tick + i as u64).is_multiple_of(PARKED_EVERY) {
+                continue;
+            }
             let fix = s.fix(ts_ms, &self.city);
             let r = self.rng.unit();
             if r < LATE {
@@ -307,7 +325,7 @@ mod tests {
     fn a_fleet_is_deterministic_and_has_late_and_repeated_reports() {
         let run = |seed| {
             let mut f = Fleet::new(500, SEOUL, seed);
-            (0..20)
+            (0..60)
                 .flat_map(|t| f.tick(1.0, 1_800_000_000_000 + t * 1000))
                 .collect::<Vec<_>>()
         };
@@ -331,6 +349,12 @@ mod tests {
         keys.sort();
         keys.dedup();
         assert!(keys.len() < n, "some reports are sent twice");
+        // Riding scooters report every second, parked ones every 30 s: over 60 ticks every
+        // scooter reported, and far fewer than 500 × 60 reports were sent.
+        let reporting: std::collections::HashSet<_> =
+            a.iter().map(|f| f.vehicle_id.clone()).collect();
+        assert_eq!(reporting.len(), 500);
+        assert!(a.len() < 500 * 60 / 2, "{} reports", a.len());
         let states: std::collections::HashSet<_> = a.iter().filter_map(|f| f.point.state).collect();
         assert!(
             states.contains(&VehicleState::Available) && states.contains(&VehicleState::OnTrip)
