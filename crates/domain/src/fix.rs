@@ -51,15 +51,6 @@ impl VehicleId {
         }
         h
     }
-
-    /// Bytes used on the heap by this id (0 for ids stored inline).
-    pub fn heap_bytes(&self) -> usize {
-        if self.0.is_heap_allocated() {
-            self.0.capacity()
-        } else {
-            0
-        }
-    }
 }
 
 impl fmt::Debug for VehicleId {

@@ -145,7 +145,6 @@ impl Engine {
         let (stop_tx, stop_rx) = crossbeam_channel::bounded::<()>(0);
         let upkeep = {
             let history = history.clone();
-            let state = state.clone();
             let interval = Duration::from_secs(config.maintenance_interval_secs.max(1));
             let retain_ms = i64::from(config.retain_days) * 86_400_000;
             std::thread::Builder::new()
@@ -156,7 +155,7 @@ impl Engine {
                             Err(crossbeam_channel::RecvTimeoutError::Timeout) => {}
                             _ => return,
                         }
-                        upkeep_pass(history.as_ref(), state.as_ref(), retain_ms);
+                        upkeep_pass(history.as_ref(), retain_ms);
                     }
                 })?
         };
@@ -187,8 +186,9 @@ impl Engine {
     }
 }
 
-/// One upkeep pass: compaction, retention, gauges.
-pub fn upkeep_pass(history: &dyn HistoryStore, state: &dyn StateStore, retain_ms: i64) {
+/// One upkeep pass: compaction and retention. (The size gauges are read fresh at each
+/// `/metrics` scrape, not here.)
+pub fn upkeep_pass(history: &dyn HistoryStore, retain_ms: i64) {
     let now = now_ms();
     match history.maintain(now) {
         Ok(n) if n > 0 => tracing::debug!(message = "compacted buckets", buckets = n),
@@ -202,9 +202,4 @@ pub fn upkeep_pass(history: &dyn HistoryStore, state: &dyn StateStore, retain_ms
             Err(error) => tracing::error!(message = "retention failed", %error),
         }
     }
-    if let Ok(stats) = history.stats() {
-        metrics::gauge!(crate::metrics::STORE_DISK_BYTES).set(stats.disk_bytes as f64);
-        metrics::gauge!(crate::metrics::STORE_BUCKETS).set(stats.buckets as f64);
-    }
-    metrics::gauge!(crate::metrics::STATE_VEHICLES).set(state.len() as f64);
 }

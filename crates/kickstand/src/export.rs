@@ -136,13 +136,13 @@ pub fn run(args: ExportArgs) -> anyhow::Result<()> {
     match &args.vehicle {
         Some(v) => {
             let id = VehicleId::new(v).map_err(|r| anyhow::anyhow!("--vehicle {r}"))?;
+            let span = settings.engine.span()?;
             // A day at a time, so a long range neither holds everything in memory nor sits
             // without progress.
             let mut start = from;
             while start <= to {
                 let end = start.saturating_add(86_400_000 - 1).min(to);
                 let points = history.track(&id, start, end)?;
-                let span = settings.engine.span()?;
                 for run in points.chunk_by(|a, b| span.start_of(a.ts) == span.start_of(b.ts)) {
                     let b = BucketFixes {
                         vehicle_id: id.clone(),
