@@ -21,6 +21,8 @@ pub mod engine;
 pub mod history;
 pub mod metrics;
 pub mod state;
+#[doc(hidden)]
+pub mod testing;
 pub mod transport;
 pub mod worker;
 

@@ -11,9 +11,13 @@
 //! - A late fix lands in the bucket of its own `ts`; reads return fixes in `ts` order.
 //! - Retention removes whole buckets, never part of one.
 
+mod config;
 pub mod embedded;
+pub mod postgres;
 #[cfg(test)]
 mod tests;
+
+pub use config::{HistoryConfig, HistoryKind, open};
 
 use kickstand_domain::{Fix, Point, VehicleId};
 

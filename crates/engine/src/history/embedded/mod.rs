@@ -753,6 +753,13 @@ impl HistoryStore for EmbeddedHistory {
             );
             batch.remove(&inner.ks.dirty, tkey.as_slice());
             batch.commit().map_err(engine_err)?;
+            // The next chunk of this bucket (a late fix) must mark it dirty again.
+            if let (Some(vehicles), Ok(v)) =
+                (inner.indexed.lock().get_mut(&start), VehicleId::new(id))
+                && let Some(dirty) = vehicles.get_mut(&v)
+            {
+                *dirty = false;
+            }
             compacted += 1;
         }
         if compacted > 0 {
