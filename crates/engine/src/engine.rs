@@ -1,8 +1,7 @@
 //! The engine: the transport, the workers, the latest state and the history store wired
 //! together, with start-up (restore) and shutdown (drain and flush).
 
-use crate::history::embedded::{EmbeddedConfig, EmbeddedHistory};
-use crate::history::{HistoryError, HistoryStore};
+use crate::history::{HistoryConfig, HistoryError, HistoryStore};
 use crate::state::{MemoryState, StateStore};
 use crate::transport::{InProcessTransport, Transport};
 use kickstand_domain::BucketSpan;
@@ -12,7 +11,8 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-/// Settings of the tracking engine (`[engine]` and `[history]` in the config file).
+/// Settings of the tracking engine (`[engine]` in the config file; the history backend is
+/// `[history]`, [`HistoryConfig`]).
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct EngineConfig {
@@ -28,8 +28,6 @@ pub struct EngineConfig {
     pub retain_days: u32,
     /// Seconds between upkeep passes (bucket compaction, retention).
     pub maintenance_interval_secs: u64,
-    /// Settings of the embedded history store.
-    pub embedded: EmbeddedConfig,
 }
 
 impl Default for EngineConfig {
@@ -41,7 +39,6 @@ impl Default for EngineConfig {
             bucket_secs: 3600,
             retain_days: 0,
             maintenance_interval_secs: 60,
-            embedded: EmbeddedConfig::default(),
         }
     }
 }
@@ -94,12 +91,18 @@ fn now_ms() -> i64 {
 impl Engine {
     /// Starts the engine on embedded defaults with its data in `data_dir`.
     pub fn start_embedded(data_dir: &Path, config: EngineConfig) -> Result<Engine, EngineError> {
-        let history = EmbeddedHistory::open(
-            &data_dir.join("history"),
-            config.span()?,
-            config.embedded.clone(),
-        )?;
-        Engine::start(Arc::new(history), Arc::new(MemoryState::default()), config)
+        Engine::open(data_dir, config, &HistoryConfig::default())
+    }
+
+    /// Starts the engine on the configured history backend (the embedded one keeps its files
+    /// in `data_dir`) and the in-memory latest state.
+    pub fn open(
+        data_dir: &Path,
+        config: EngineConfig,
+        history: &HistoryConfig,
+    ) -> Result<Engine, EngineError> {
+        let history = crate::history::open(history, data_dir, config.span()?, config.retain_days)?;
+        Engine::start(history, Arc::new(MemoryState::default()), config)
     }
 
     /// Starts the engine on the given ports: restores the latest state from history, then

@@ -54,11 +54,14 @@ pub struct BenchArgs {
     /// Seed of the simulation.
     #[arg(long, default_value_t = 1)]
     seed: u64,
+    #[command(flatten)]
+    history: crate::bench_history::HistoryBenchArgs,
     /// Keep the temporary directory (its path is printed).
     #[arg(long)]
     keep: bool,
-    /// Run only these phases (comma-separated: ingest, track, storage, state); the latest and
-    /// near queries run with ingest, against the fleet it loaded.
+    /// Run only these phases (comma-separated: ingest, track, storage, state, history); the
+    /// latest and near queries run with ingest, against the fleet it loaded. `history` compares
+    /// the history backends directly (see --history-backends).
     #[arg(
         long,
         value_delimiter = ',',
@@ -331,6 +334,14 @@ async fn run_async(args: BenchArgs) -> anyhow::Result<()> {
             json!(state_phase(&args, end)?.round()),
         );
     }
+    if phase("history") {
+        let (h, dir) = (args.history.clone(), tmp.path().to_owned());
+        let seed = args.seed;
+        let value =
+            tokio::task::spawn_blocking(move || crate::bench_history::run(&h, &dir, end, seed))
+                .await??;
+        figures.insert("history".into(), value);
+    }
     figures.insert("workers".into(), json!(config.worker_count()));
     figures.insert(
         "cores".into(),
@@ -473,7 +484,8 @@ async fn track_phase(
     );
     // Let the checkpoint move the day into the engine, as it is for any past day.
     tokio::time::sleep(Duration::from_millis(
-        config.embedded.checkpoint_interval_ms + 1500,
+        kickstand_engine::history::embedded::EmbeddedConfig::default().checkpoint_interval_ms
+            + 1500,
     ))
     .await;
     let engine = server.engine.clone();
@@ -550,7 +562,7 @@ async fn storage_phase(
     let (history_bytes, buckets) = {
         let dir = store_dir.join("history");
         let span = config.span()?;
-        let embedded = config.embedded.clone();
+        let embedded = kickstand_engine::history::embedded::EmbeddedConfig::default();
         tokio::task::spawn_blocking(move || -> anyhow::Result<(u64, u64)> {
             use kickstand_engine::history::HistoryStore;
             let h =

@@ -10,10 +10,11 @@ use indicatif::{ProgressBar, ProgressStyle};
 use kickstand_domain::VehicleId;
 use kickstand_domain::timefmt::parse_query_time;
 use kickstand_engine::history::embedded::EmbeddedHistory;
-use kickstand_engine::history::{BucketFixes, HistoryStore};
+use kickstand_engine::history::{BucketFixes, HistoryKind, HistoryStore};
 use kickstand_http::json;
 use std::io::Write;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 #[derive(clap::Args)]
 pub struct ExportArgs {
@@ -66,18 +67,34 @@ pub fn run(args: ExportArgs) -> anyhow::Result<()> {
     let to = time_arg("to", args.to.as_deref())?.unwrap_or(now);
     let from = time_arg("from", args.from.as_deref())?.unwrap_or(to.saturating_sub(86_400_000));
     anyhow::ensure!(from <= to, "--from must not be after --to");
-    let dir = settings.data_dir.join("history");
-    anyhow::ensure!(
-        dir.exists(),
-        "no history in {}",
-        settings.data_dir.display()
-    );
-    let history = EmbeddedHistory::open(
-        &dir,
-        settings.engine.span()?,
-        settings.engine.embedded.clone(),
-    )
-    .with_context(|| format!("cannot open {} (is a server running on it?)", dir.display()))?;
+    let history: Arc<dyn HistoryStore> = match settings.history.kind {
+        HistoryKind::Embedded => {
+            let dir = settings.data_dir.join("history");
+            anyhow::ensure!(
+                dir.exists(),
+                "no history in {}",
+                settings.data_dir.display()
+            );
+            Arc::new(
+                EmbeddedHistory::open(
+                    &dir,
+                    settings.engine.span()?,
+                    settings.history.embedded.clone(),
+                )
+                .with_context(|| {
+                    format!("cannot open {} (is a server running on it?)", dir.display())
+                })?,
+            )
+        }
+        // A shared database is read while the servers run.
+        _ => kickstand_engine::history::open(
+            &settings.history,
+            &settings.data_dir,
+            settings.engine.span()?,
+            settings.engine.retain_days,
+        )
+        .context("cannot open the history store")?,
+    };
 
     let sink: Box<dyn Write> = match &args.out {
         Some(p) => Box::new(

@@ -5,6 +5,7 @@
 
 mod alloc;
 mod bench;
+mod bench_history;
 mod client;
 mod export;
 mod keys;

@@ -6,6 +6,7 @@
 use crate::settings::{LogSettings, Settings};
 use anyhow::Context;
 use kickstand_engine::Engine;
+use kickstand_engine::history::HistoryKind;
 use kickstand_http::auth::{KeyStore, Scope};
 use kickstand_http::{AppState, HttpConfig, MapConfig, router};
 use metrics_exporter_prometheus::PrometheusHandle;
@@ -131,9 +132,13 @@ pub fn run_blocking(settings: Settings, options: RunOptions) -> anyhow::Result<(
         let engine = {
             let dir = settings.data_dir.clone();
             let cfg = settings.engine.clone();
-            tokio::task::spawn_blocking(move || Engine::start_embedded(&dir, cfg))
+            let history = settings.history.clone();
+            tokio::task::spawn_blocking(move || Engine::open(&dir, cfg, &history))
                 .await?
-                .with_context(|| format!("cannot open the data directory {}", settings.data_dir.display()))?
+                .with_context(|| match settings.history.kind {
+                    HistoryKind::Embedded => format!("cannot open the data directory {}", settings.data_dir.display()),
+                    kind => format!("cannot open the {kind:?} history store"),
+                })?
         };
         let engine = Arc::new(engine);
         let listener = TcpListener::bind(settings.listen)

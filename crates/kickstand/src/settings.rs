@@ -6,6 +6,7 @@ use anyhow::Context;
 use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
 use kickstand_engine::EngineConfig;
+use kickstand_engine::history::{HistoryConfig, HistoryKind};
 use kickstand_http::{HttpConfig, MapConfig};
 use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
@@ -20,6 +21,7 @@ pub struct Settings {
     pub data_dir: PathBuf,
     pub log: LogSettings,
     pub engine: EngineConfig,
+    pub history: HistoryConfig,
     pub http: HttpConfig,
     pub map: MapConfig,
     pub auth: AuthSettings,
@@ -65,6 +67,7 @@ impl Default for Settings {
             data_dir: PathBuf::from("kickstand-data"),
             log: LogSettings::default(),
             engine: EngineConfig::default(),
+            history: HistoryConfig::default(),
             http: HttpConfig::default(),
             map: MapConfig::default(),
             auth: AuthSettings::default(),
@@ -112,6 +115,19 @@ impl Settings {
             self.engine.group_max_fixes > 0,
             "engine.group_max_fixes must be positive"
         );
+        if self.history.kind == HistoryKind::Postgres {
+            anyhow::ensure!(
+                !self.history.postgres.url.trim().is_empty(),
+                "history.postgres.url must be set when history.kind is postgres"
+            );
+            anyhow::ensure!(
+                self.history.postgres.pool_size > 0,
+                "history.postgres.pool_size must be positive"
+            );
+        }
+        if self.history.kind == HistoryKind::Mongodb {
+            self.history.mongodb.validate().context("history.mongodb")?;
+        }
         anyhow::ensure!(
             self.http.body_limit_bytes >= 1024,
             "http.body_limit_bytes must be at least 1024"

@@ -1,6 +1,7 @@
 //! Ack means durable: `kill -9` a real `kickstand run` in the middle of a stream of acked
 //! requests, restart it on the same directory, and check that every acked fix is in history
-//! exactly once and every vehicle's latest state is its newest acked fix.
+//! exactly once and every vehicle's latest state is its newest acked fix. On the embedded
+//! store and on PostgreSQL (`KICKSTAND_TEST_POSTGRES_URL`).
 
 mod common;
 
@@ -14,13 +15,51 @@ const VEHICLES: usize = 40;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_acked_fix_survives_kill_9_exactly_once() {
-    let dir = tempfile::tempdir().unwrap();
     // Small checkpoints so the kill lands between checkpoints, WAL segments and engine batches.
-    let env = [
-        ("KICKSTAND_ENGINE__EMBEDDED__CHECKPOINT_FIXES", "700"),
-        ("KICKSTAND_ENGINE__EMBEDDED__CHECKPOINT_INTERVAL_MS", "50"),
-    ];
-    let s = Server::start_with(dir.path(), &env);
+    kill_9_and_check(&[
+        ("KICKSTAND_HISTORY__EMBEDDED__CHECKPOINT_FIXES", "700"),
+        ("KICKSTAND_HISTORY__EMBEDDED__CHECKPOINT_INTERVAL_MS", "50"),
+    ])
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_acked_fix_survives_kill_9_exactly_once_on_postgres() {
+    use kickstand_domain::BucketSpan;
+    use kickstand_engine::history::postgres::{PostgresConfig, PostgresHistory};
+    let Some(url) = kickstand_engine::testing::service_url("POSTGRES") else {
+        return;
+    };
+    let config = PostgresConfig {
+        url: url.clone(),
+        schema: kickstand_engine::testing::unique_name("crash"),
+        ..PostgresConfig::default()
+    };
+    // The store's client runs its own runtime: open it off this one.
+    let c = config.clone();
+    let store =
+        match tokio::task::spawn_blocking(move || PostgresHistory::open(&c, BucketSpan::HOUR))
+            .await
+            .unwrap()
+        {
+            Ok(s) => s,
+            Err(e) => return kickstand_engine::testing::unreachable("PostgreSQL", e).unwrap_or(()),
+        };
+    kill_9_and_check(&[
+        ("KICKSTAND_HISTORY__KIND", "postgres"),
+        ("KICKSTAND_HISTORY__POSTGRES__URL", &url),
+        ("KICKSTAND_HISTORY__POSTGRES__SCHEMA", &config.schema),
+    ])
+    .await;
+    tokio::task::spawn_blocking(move || store.drop_schema())
+        .await
+        .unwrap()
+        .unwrap();
+}
+
+async fn kill_9_and_check(env: &[(&str, &str)]) {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start_with(dir.path(), env);
     let c = client();
     let base = now_ms() - 4 * 3_600_000;
     // acked[v] = timestamps acked for vehicle v.
@@ -72,7 +111,7 @@ async fn every_acked_fix_survives_kill_9_exactly_once() {
         "too few acked before the kill to prove anything: {total}"
     );
 
-    let s = Server::start_with(dir.path(), &env);
+    let s = Server::start_with(dir.path(), env);
     let mut checked = 0;
     for (id, ts) in &acked {
         let newest = *ts.iter().max().unwrap();

@@ -130,7 +130,7 @@ async fn a_client_that_never_reads_slows_nothing_and_costs_bounded_memory() {
     let s = Server::start_with(
         dir.path(),
         &[(
-            "KICKSTAND_ENGINE__EMBEDDED__CHECKPOINT_INTERVAL_MS",
+            "KICKSTAND_HISTORY__EMBEDDED__CHECKPOINT_INTERVAL_MS",
             "600000",
         )],
     );

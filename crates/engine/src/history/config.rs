@@ -1,6 +1,7 @@
 //! Which history backend to run, and opening it (`[history]` in the config file).
 
 use super::embedded::{EmbeddedConfig, EmbeddedHistory};
+use super::mongodb::{MongoConfig, MongoHistory};
 use super::postgres::{PostgresConfig, PostgresHistory};
 use super::{HistoryError, HistoryStore};
 use kickstand_domain::BucketSpan;
@@ -17,6 +18,9 @@ pub enum HistoryKind {
     Embedded,
     /// A shared PostgreSQL database, for several worker processes.
     Postgres,
+    /// A shared MongoDB database (docs/mongodb.md; its I/O is not exercised by this
+    /// repository's CI).
+    Mongodb,
 }
 
 /// `[history]`: the backend and the settings of each.
@@ -26,13 +30,16 @@ pub struct HistoryConfig {
     pub kind: HistoryKind,
     pub embedded: EmbeddedConfig,
     pub postgres: PostgresConfig,
+    pub mongodb: MongoConfig,
 }
 
-/// Opens the configured backend. The embedded store lives in `data_dir/history`.
+/// Opens the configured backend. The embedded store lives in `data_dir/history`;
+/// `retain_days` sets MongoDB's TTL indexes (the others drop buckets in upkeep).
 pub fn open(
     config: &HistoryConfig,
     data_dir: &Path,
     span: BucketSpan,
+    retain_days: u32,
 ) -> Result<Arc<dyn HistoryStore>, HistoryError> {
     Ok(match config.kind {
         HistoryKind::Embedded => Arc::new(EmbeddedHistory::open(
@@ -41,5 +48,6 @@ pub fn open(
             config.embedded.clone(),
         )?),
         HistoryKind::Postgres => Arc::new(PostgresHistory::open(&config.postgres, span)?),
+        HistoryKind::Mongodb => Arc::new(MongoHistory::open(&config.mongodb, span, retain_days)?),
     })
 }

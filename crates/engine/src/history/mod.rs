@@ -13,6 +13,7 @@
 
 mod config;
 pub mod embedded;
+pub mod mongodb;
 pub mod postgres;
 #[cfg(test)]
 mod tests;

@@ -29,6 +29,8 @@
 //! failed transaction it forgets the cache, because the outcome of a failed `COMMIT` is unknown.
 
 mod schema;
+#[cfg(test)]
+mod tests;
 
 use super::{BucketFixes, HistoryError, HistoryStats, HistoryStore, HistoryWriter};
 use crate::{FastMap, FastSet};
@@ -230,6 +232,21 @@ impl PostgresHistory {
                 .await
                 .map_err(pg_err)?;
             Ok((text(track), text(scan)))
+        })
+    }
+
+    /// Rewrites the tables compactly (`VACUUM FULL`), so space held by merged chunks is given
+    /// back now. For measurement and offline upkeep: it locks the tables while it runs.
+    pub fn vacuum_full(&self) -> Result<(), HistoryError> {
+        let s = self.shared.clone();
+        self.shared.rt.block_on(async move {
+            let client = s.pooled().await?;
+            client
+                .batch_execute(
+                    "VACUUM (FULL, ANALYZE) history_chunks, history_latest, history_dirty",
+                )
+                .await
+                .map_err(pg_err)
         })
     }
 
@@ -932,8 +949,35 @@ impl PgWriter {
         s.ensure_partitions(client, days).await?;
 
         let tx = client.transaction().await.map_err(pg_err)?;
-        let latest = async {
-            if lv.is_empty() {
+        // Vehicles with a stored latest row are updated (a join, cheaper than an upsert);
+        // vehicles new to this writer's knowledge are upserted. Both only move forward.
+        let (mut uv, mut ut, mut up) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut iv, mut it, mut ip) = (Vec::new(), Vec::new(), Vec::new());
+        for (((v, t), p), &i) in lv.iter().zip(&lt).zip(&lp).zip(&advanced) {
+            let known = self.newest[&fixes[i as usize].vehicle_id] != i64::MIN;
+            let (vs, ts, ps) = if known {
+                (&mut uv, &mut ut, &mut up)
+            } else {
+                (&mut iv, &mut it, &mut ip)
+            };
+            vs.push(*v);
+            ts.push(*t);
+            ps.push(p.as_slice());
+        }
+        let update = async {
+            if uv.is_empty() {
+                return Ok(0);
+            }
+            tx.execute(
+                "UPDATE history_latest l SET ts = n.ts, point = n.point \
+                 FROM unnest($1::text[], $2::int8[], $3::bytea[]) AS n(vehicle_id, ts, point) \
+                 WHERE l.vehicle_id = n.vehicle_id AND l.ts < n.ts",
+                &[&uv, &ut, &up],
+            )
+            .await
+        };
+        let insert = async {
+            if iv.is_empty() {
                 return Ok(0);
             }
             tx.execute(
@@ -941,7 +985,7 @@ impl PgWriter {
                  SELECT * FROM unnest($1::text[], $2::int8[], $3::bytea[]) \
                  ON CONFLICT (vehicle_id) DO UPDATE SET ts = excluded.ts, point = excluded.point \
                  WHERE history_latest.ts < excluded.ts",
-                &[&lv, &lt, &lp],
+                &[&iv, &it, &ip],
             )
             .await
         };
@@ -956,7 +1000,7 @@ impl PgWriter {
             .await
         };
         // Pipelined on the one connection: three statements, one round trip's wait.
-        let inserted = futures_util::try_join!(chunks.insert(&tx), latest, marks);
+        let inserted = futures_util::try_join!(chunks.insert(&tx), update, insert, marks);
         if let Err(e) = inserted {
             if e.code() == Some(&tokio_postgres::error::SqlState::CHECK_VIOLATION) {
                 // "no partition of relation found": dropped by retention elsewhere.

@@ -34,11 +34,13 @@ CREATE INDEX history_chunks_time ON history_chunks (bucket_start, vehicle_id);
 -- The newest fix of every vehicle (a one-point encoding), written in the same transaction as
 -- its chunk: what the latest state is rebuilt from, and where a writer learns a vehicle's
 -- newest stored ts for the duplicate check.
+-- Half-full pages leave room for the new version of a row next to the old one, so the update
+-- of every group commit is a HOT update (no index write; ts and point are not indexed).
 CREATE TABLE history_latest (
     vehicle_id text COLLATE "C" PRIMARY KEY,
     ts         bigint NOT NULL,
     point      bytea  NOT NULL
-);
+) WITH (fillfactor = 50);
 
 -- Buckets that may hold more than one chunk per vehicle: written by a writer the first time
 -- it writes into an open bucket and every time it writes into a closed one; upkeep compacts
