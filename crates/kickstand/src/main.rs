@@ -8,6 +8,7 @@ mod bench;
 mod bench_history;
 mod client;
 mod export;
+mod history_cmd;
 mod keys;
 mod server;
 mod settings;
@@ -40,6 +41,8 @@ enum Command {
     Run(RunArgs),
     /// Export history as NDJSON or GeoJSON (the server must not be running on the directory).
     Export(export::ExportArgs),
+    /// History stores: copy a history between the embedded store, PostgreSQL and MongoDB.
+    History(history_cmd::HistoryArgs),
     /// Start an engine on a temporary directory, load it over real HTTP, print figures as JSON.
     Bench(bench::BenchArgs),
     /// Drive a running Kickstand with a simulated fleet over HTTP.
@@ -104,6 +107,7 @@ fn main() -> anyhow::Result<()> {
         }
         Command::Export(args) => export::run(args),
         Command::Bench(args) => bench::run(args),
+        Command::History(args) => history_cmd::run(args),
         Command::Key(args) => keys::run(args),
         Command::Sim(args) => {
             server::init_tracing(&settings::LogSettings {

@@ -358,6 +358,56 @@ impl Shared {
     }
 }
 
+/// The rows of a fleet scan, grouped into buckets and sent to `tx` in order.
+async fn scan_rows(
+    s: &Shared,
+    from: i64,
+    to: i64,
+    tx: &tokio::sync::mpsc::Sender<Result<BucketFixes, HistoryError>>,
+) -> Result<(), HistoryError> {
+    let client = s.pooled().await?;
+    let b0 = s.span.start_of(from);
+    let rows = client
+        .query_raw(SCAN_SQL, params(&[&b0, &to]))
+        .await
+        .map_err(pg_err)?;
+    pin_mut!(rows);
+    let mut current: Option<BucketFixes> = None;
+    let send = |mut done: BucketFixes| async move {
+        merge_cut(&mut done.points, from, to);
+        // An empty bucket (all points outside the range) is not visited; a closed
+        // receiver (the visitor stopped) ends the scan.
+        done.points.is_empty() || tx.send(Ok(done)).await.is_ok()
+    };
+    while let Some(row) = rows.next().await {
+        let row = row.map_err(pg_err)?;
+        let id: &str = row.get(0);
+        let bucket: i64 = row.get(1);
+        let same = current
+            .as_ref()
+            .is_some_and(|c| c.bucket_start == bucket && c.vehicle_id.as_str() == id);
+        if !same {
+            if let Some(done) = current.take()
+                && !send(done).await
+            {
+                return Ok(());
+            }
+            current = Some(BucketFixes {
+                vehicle_id: VehicleId::new(id)
+                    .map_err(|e| HistoryError::Corrupt(format!("stored vehicle id {id:?}: {e}")))?,
+                bucket_start: bucket,
+                points: Vec::new(),
+            });
+        }
+        let c = current.as_mut().expect("set above");
+        codec::decode(row.get::<_, &[u8]>(2), &mut c.points).map_err(corrupt)?;
+    }
+    if let Some(done) = current.take() {
+        send(done).await;
+    }
+    Ok(())
+}
+
 /// Merges decoded chunks of one vehicle: sorted by `ts`, cut to `from..=to`.
 fn merge_cut(points: &mut Vec<Point>, from: i64, to: i64) {
     points.retain(|p| p.ts >= from && p.ts <= to);
@@ -407,51 +457,24 @@ impl HistoryStore for PostgresHistory {
         if from > to {
             return Ok(());
         }
+        // The query runs on the store's runtime and hands finished buckets over a bounded
+        // channel; the visitor runs on this thread, outside the runtime, so it may block or
+        // use another store (as `kickstand history copy` does). Rows stream in, so a scan of
+        // a month is never in memory at once; the channel's bound is the backpressure.
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<BucketFixes, HistoryError>>(16);
         let s = self.shared.clone();
-        // The visitor runs on this thread between rows; the rows stream in (bounded by the
-        // socket's buffers), so a scan of a month does not sit in memory.
-        self.shared.rt.block_on(async move {
-            let client = s.pooled().await?;
-            let b0 = s.span.start_of(from);
-            let rows = client
-                .query_raw(SCAN_SQL, params(&[&b0, &to]))
-                .await
-                .map_err(pg_err)?;
-            pin_mut!(rows);
-            let mut current: Option<BucketFixes> = None;
-            while let Some(row) = rows.next().await {
-                let row = row.map_err(pg_err)?;
-                let id: &str = row.get(0);
-                let bucket: i64 = row.get(1);
-                let same = current
-                    .as_ref()
-                    .is_some_and(|c| c.bucket_start == bucket && c.vehicle_id.as_str() == id);
-                if !same {
-                    if let Some(mut done) = current.take() {
-                        merge_cut(&mut done.points, from, to);
-                        if !done.points.is_empty() && !visit(done) {
-                            return Ok(());
-                        }
-                    }
-                    current = Some(BucketFixes {
-                        vehicle_id: VehicleId::new(id).map_err(|e| {
-                            HistoryError::Corrupt(format!("stored vehicle id {id:?}: {e}"))
-                        })?,
-                        bucket_start: bucket,
-                        points: Vec::new(),
-                    });
-                }
-                let c = current.as_mut().expect("set above");
-                codec::decode(row.get::<_, &[u8]>(2), &mut c.points).map_err(corrupt)?;
+        self.shared.rt.spawn(async move {
+            let result = scan_rows(&s, from, to, &tx).await;
+            if let Err(e) = result {
+                let _ = tx.send(Err(e)).await;
             }
-            if let Some(mut done) = current.take() {
-                merge_cut(&mut done.points, from, to);
-                if !done.points.is_empty() {
-                    visit(done);
-                }
+        });
+        while let Some(item) = rx.blocking_recv() {
+            if !visit(item?) {
+                break; // dropping the receiver stops the query task
             }
-            Ok(())
-        })
+        }
+        Ok(())
     }
 
     fn for_each_latest(&self, visit: &mut dyn FnMut(VehicleId, Point)) -> Result<(), HistoryError> {
