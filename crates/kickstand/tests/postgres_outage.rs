@@ -1,0 +1,161 @@
+//! PostgreSQL goes away under a running `kickstand run` (a TCP proxy in front of the real
+//! server is cut): ingest answers 503 with Retry-After, loses nothing it acked, and recovers by
+//! itself when the database is back.
+
+mod common;
+
+use common::{Server, client, fix, now_ms};
+use serde_json::Value;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use tokio::net::{TcpListener, TcpStream};
+
+/// A TCP proxy to `upstream` that can be cut (every connection closed, new ones refused).
+struct Proxy {
+    port: u16,
+    open: Arc<AtomicBool>,
+    conns: Arc<std::sync::Mutex<Vec<tokio::task::AbortHandle>>>,
+}
+
+impl Proxy {
+    async fn start(upstream: String) -> Proxy {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let open = Arc::new(AtomicBool::new(true));
+        let conns: Arc<std::sync::Mutex<Vec<tokio::task::AbortHandle>>> = Arc::default();
+        let (o, c) = (open.clone(), conns.clone());
+        tokio::spawn(async move {
+            loop {
+                let Ok((mut down, _)) = listener.accept().await else {
+                    return;
+                };
+                if !o.load(Ordering::SeqCst) {
+                    drop(down); // refused
+                    continue;
+                }
+                let upstream = upstream.clone();
+                let task = tokio::spawn(async move {
+                    if let Ok(mut up) = TcpStream::connect(&upstream).await {
+                        let _ = tokio::io::copy_bidirectional(&mut down, &mut up).await;
+                    }
+                });
+                c.lock().unwrap().push(task.abort_handle());
+            }
+        });
+        Proxy { port, open, conns }
+    }
+
+    fn cut(&self) {
+        self.open.store(false, Ordering::SeqCst);
+        for c in self.conns.lock().unwrap().drain(..) {
+            c.abort();
+        }
+    }
+
+    fn restore(&self) {
+        self.open.store(true, Ordering::SeqCst);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ingest_answers_503_while_postgres_is_down_and_recovers_without_loss() {
+    let Some(url) = kickstand_engine::testing::service_url("POSTGRES") else {
+        return;
+    };
+    // postgres://user@host:port/db → the same through the proxy.
+    let rest = url.split_once("://").unwrap().1;
+    let (auth_host, db) = rest.split_once('/').unwrap();
+    let (auth, host) = auth_host.rsplit_once('@').unwrap_or(("", auth_host));
+    let proxy = Proxy::start(host.to_owned()).await;
+    let auth = if auth.is_empty() {
+        String::new()
+    } else {
+        format!("{auth}@")
+    };
+    let via = format!("postgres://{auth}127.0.0.1:{}/{db}", proxy.port);
+    let schema = kickstand_engine::testing::unique_name("outage");
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start_with(
+        dir.path(),
+        &[
+            ("KICKSTAND_HISTORY__KIND", "postgres"),
+            ("KICKSTAND_HISTORY__POSTGRES__URL", &via),
+            ("KICKSTAND_HISTORY__POSTGRES__SCHEMA", &schema),
+            ("KICKSTAND_ENGINE__WORKERS", "1"),
+        ],
+    );
+    let c = client();
+    let t0 = now_ms() - 60_000;
+    let post = |i: i64| {
+        let c = c.clone();
+        let url = s.url("/api/v1/telemetry");
+        async move {
+            c.post(url)
+                .json(&vec![fix("v1", t0 + i * 100, 37.0, 127.0)])
+                .send()
+                .await
+                .unwrap()
+        }
+    };
+    let mut acked = Vec::new();
+    for i in 0..5 {
+        assert_eq!(post(i).await.status(), 202);
+        acked.push(i);
+    }
+
+    proxy.cut();
+    let r = post(5).await;
+    assert_eq!(r.status(), 503, "{:?}", r.text().await);
+    assert!(r.headers().contains_key("retry-after"));
+    // A device keeps retrying with the same fix; it stays 503 while the database is away.
+    assert_eq!(post(5).await.status(), 503);
+
+    proxy.restore();
+    let mut recovered = false;
+    for _ in 0..50 {
+        if post(5).await.status() == 202 {
+            recovered = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    assert!(
+        recovered,
+        "ingest did not recover after the database came back"
+    );
+    acked.push(5);
+    for i in 6..10 {
+        assert_eq!(post(i).await.status(), 202);
+        acked.push(i);
+    }
+    let v: Value = c
+        .get(s.url(&format!(
+            "/api/v1/vehicles/v1/track?from={t0}&to={}",
+            t0 + 10_000
+        )))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(v["count"], acked.len(), "each acked fix once: {v}");
+    s.stop();
+
+    let config = kickstand_engine::history::postgres::PostgresConfig {
+        url,
+        schema,
+        ..Default::default()
+    };
+    tokio::task::spawn_blocking(move || {
+        kickstand_engine::history::postgres::PostgresHistory::open(
+            &config,
+            kickstand_domain::BucketSpan::HOUR,
+        )
+        .unwrap()
+        .drop_schema()
+        .unwrap()
+    })
+    .await
+    .unwrap();
+}
