@@ -281,7 +281,7 @@ async fn query_load(
     Ok(all)
 }
 
-fn dir_bytes(path: &Path) -> u64 {
+pub(crate) fn dir_bytes(path: &Path) -> u64 {
     let mut total = 0;
     if let Ok(entries) = std::fs::read_dir(path) {
         for e in entries.flatten() {

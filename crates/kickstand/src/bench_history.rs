@@ -74,15 +74,21 @@ impl Backend {
         })
     }
 
-    /// Reclaims the space of merged chunks so the size is that of the data at rest.
-    fn settle(&self) -> anyhow::Result<()> {
-        match self {
+    /// Reclaims the space of merged chunks, then measures the data at rest: the tables and
+    /// their indexes, without write-ahead logs (the embedded store's keyspaces, as the storage
+    /// phase measures them; PostgreSQL's `pg_total_relation_size` of every table).
+    fn bytes_at_rest(&self) -> anyhow::Result<u64> {
+        Ok(match self {
             Backend::Embedded(dir) => {
-                EmbeddedHistory::open(dir.path(), SPAN, EmbeddedConfig::default())?.settle()?
+                EmbeddedHistory::open(dir.path(), SPAN, EmbeddedConfig::default())?.settle()?;
+                crate::bench::dir_bytes(&dir.path().join("engine/keyspaces"))
             }
-            Backend::Postgres(c) => PostgresHistory::open(c, SPAN)?.vacuum_full()?,
-        }
-        Ok(())
+            Backend::Postgres(c) => {
+                let h = PostgresHistory::open(c, SPAN)?;
+                h.vacuum_full()?;
+                h.stats()?.disk_bytes
+            }
+        })
     }
 }
 
@@ -267,9 +273,8 @@ pub fn run(
         append_all(h.as_ref(), std::slice::from_ref(&track_groups))?;
         h.maintain(end + 86_400_000)?;
         drop(h);
-        b.settle()?;
+        let bytes = b.bytes_at_rest()?;
         let h = b.open()?;
-        let bytes = h.stats()?.disk_bytes;
         fig.insert(
             "bytes_per_point".into(),
             json!(round(bytes as f64 / track_points as f64, 2)),
