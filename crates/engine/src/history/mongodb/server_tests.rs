@@ -1,10 +1,11 @@
-//! The history contract checked against a real MongoDB server, for both layouts, plus what is
-//! particular to MongoDB (a replay after a crash inside an append, `near`, refusing another
-//! layout or span, retention changed in place). Gated by `crate::testing`: these run only when
+//! What is particular to MongoDB, checked against a real server for both layouts (a replay after
+//! a crash inside an append, `near`, refusing another layout or span); the history contract
+//! itself is the generic conformance suite (`history/tests.rs`, `mongodb_buckets` and
+//! `mongodb_timeseries`). Gated by `crate::testing`: these run only when
 //! `KICKSTAND_TEST_MONGODB_URL` is set (e.g. `mongodb://127.0.0.1:27017`) and are skipped with
-//! a notice otherwise (or fail, under `KICKSTAND_REQUIRE_SERVICES=1`). No server can be
-//! installed where this repository's CI runs, so there they are skipped. Each test works in a
-//! database of its own and drops it at the end.
+//! a notice otherwise, also under `KICKSTAND_REQUIRE_SERVICES=1` (see
+//! `testing::NOT_ON_CI_MACHINES`): no server can be installed where this repository's CI
+//! runs. Each test works in a database of its own and drops it at the end.
 //!
 //! [`test_config`] is also the hook through which the generic conformance suite opens this
 //! backend.
@@ -88,202 +89,12 @@ fn append(w: &mut dyn HistoryWriter, fixes: &[Fix]) -> Vec<bool> {
     out
 }
 
-fn track_ts(h: &dyn HistoryStore, id: &str, from: i64, to: i64) -> Vec<i64> {
-    h.track(&vid(id), from, to)
-        .unwrap()
-        .iter()
-        .map(|p| p.ts)
-        .collect()
-}
-
 fn latest(h: &dyn HistoryStore) -> Vec<(String, i64)> {
     let mut out = Vec::new();
     h.for_each_latest(&mut |id, p| out.push((id.as_str().to_owned(), p.ts)))
         .unwrap();
     out.sort();
     out
-}
-
-#[test]
-fn appended_fixes_read_back_exactly_and_after_reopening() {
-    each_layout(|config, h| {
-        let mut w = h.writer(0).unwrap();
-        let mut fixes: Vec<Fix> = (0..500).map(|i| fix("v1", T0 + i * 1000)).collect();
-        // Every optional field, at its ends.
-        fixes[3].point = Point {
-            speed_dkmh: Some(2500),
-            heading_ddeg: Some(3600),
-            accuracy_dm: Some(u32::MAX),
-            altitude_dm: Some(-10_000),
-            odometer_m: Some(1_000_000_000_000),
-            locked: Some(true),
-            state: Some(VehicleState::NonOperational),
-            ..fixes[3].point
-        };
-        for chunk in fixes.chunks(37) {
-            assert!(append(w.as_mut(), chunk).iter().all(|n| *n));
-        }
-        let want: Vec<Point> = fixes.iter().map(|f| f.point).collect();
-        assert_eq!(h.track(&vid("v1"), T0, T0 + H).unwrap(), want);
-        w.close().unwrap();
-        let again = open(config);
-        assert_eq!(again.track(&vid("v1"), T0, T0 + H).unwrap(), want);
-    });
-}
-
-#[test]
-fn re_appending_is_idempotent_everywhere() {
-    each_layout(|config, h| {
-        let mut w = h.writer(0).unwrap();
-        let fixes: Vec<Fix> = (0..200).map(|i| fix("v1", T0 + i * 1000)).collect();
-        append(w.as_mut(), &fixes);
-        assert!(append(w.as_mut(), &fixes).iter().all(|n| !*n));
-        let twice = [fix("v2", T0), fix("v2", T0)];
-        assert_eq!(append(w.as_mut(), &twice), vec![true, false]);
-        w.close().unwrap();
-        let h = open(config);
-        let mut w = h.writer(0).unwrap();
-        assert!(
-            append(w.as_mut(), &fixes).iter().all(|n| !*n),
-            "after reopening too"
-        );
-        assert_eq!(track_ts(&h, "v1", T0, T0 + H).len(), 200);
-    });
-}
-
-#[test]
-fn late_fixes_land_in_their_own_bucket_and_hour_boundaries_are_exact() {
-    each_layout(|_, h| {
-        let mut w = h.writer(0).unwrap();
-        append(w.as_mut(), &[fix("v1", T0 + 2 * H + 5)]);
-        append(w.as_mut(), &[fix("v1", T0 + H)]);
-        append(w.as_mut(), &[fix("v1", T0 + H - 1)]);
-        let mut buckets = Vec::new();
-        h.scan(T0, T0 + 3 * H, &mut |b| {
-            buckets.push((
-                b.bucket_start,
-                b.points.iter().map(|p| p.ts).collect::<Vec<_>>(),
-            ));
-            true
-        })
-        .unwrap();
-        assert_eq!(
-            buckets,
-            vec![
-                (T0, vec![T0 + H - 1]),
-                (T0 + H, vec![T0 + H]),
-                (T0 + 2 * H, vec![T0 + 2 * H + 5]),
-            ]
-        );
-        assert_eq!(track_ts(h, "v1", T0 + H, T0 + H), vec![T0 + H]);
-    });
-}
-
-#[test]
-fn tracks_cross_buckets_in_order() {
-    each_layout(|_, h| {
-        let mut w = h.writer(0).unwrap();
-        let fixes: Vec<Fix> = (0..60)
-            .map(|i| fix("v1", T0 - 3 * H + i * 10 * 60_000))
-            .collect();
-        let mut shuffled = fixes.clone();
-        shuffled.reverse();
-        append(w.as_mut(), &shuffled[..30]);
-        append(w.as_mut(), &shuffled[30..]);
-        let all = track_ts(h, "v1", T0 - 3 * H, T0 + 10 * H);
-        assert_eq!(all, fixes.iter().map(|f| f.point.ts).collect::<Vec<_>>());
-        let part = track_ts(h, "v1", T0 - 10 * 60_000, T0 + 10 * 60_000);
-        assert_eq!(part, vec![T0 - 10 * 60_000, T0, T0 + 10 * 60_000]);
-        assert!(track_ts(h, "v1", T0 + 1, T0 - 1).is_empty());
-        assert!(track_ts(h, "nobody", T0 - H, T0 + H).is_empty());
-    });
-}
-
-#[test]
-fn fleet_scan_is_in_bucket_then_vehicle_order_and_stops_when_asked() {
-    each_layout(|_, h| {
-        let mut w0 = h.writer(0).unwrap();
-        let mut w1 = h.writer(1).unwrap();
-        append(w0.as_mut(), &[fix("b", T0 + 10), fix("b", T0 + H + 10)]);
-        append(w1.as_mut(), &[fix("a", T0 + H + 20), fix("c", T0 + 30)]);
-        let mut seen = Vec::new();
-        h.scan(T0, T0 + 2 * H, &mut |b| {
-            seen.push((b.bucket_start - T0, b.vehicle_id.as_str().to_owned()));
-            true
-        })
-        .unwrap();
-        assert_eq!(
-            seen,
-            vec![
-                (0, "b".into()),
-                (0, "c".into()),
-                (H, "a".into()),
-                (H, "b".into())
-            ]
-        );
-        let mut first = 0;
-        h.scan(T0, T0 + 2 * H, &mut |_| {
-            first += 1;
-            false
-        })
-        .unwrap();
-        assert_eq!(first, 1);
-    });
-}
-
-#[test]
-fn retention_drops_whole_buckets_only() {
-    each_layout(|_, h| {
-        let mut w = h.writer(0).unwrap();
-        append(
-            w.as_mut(),
-            &[
-                fix("v1", T0 + 5),
-                fix("v1", T0 + H - 1),
-                fix("v1", T0 + H + 5),
-                fix("v2", T0 + 7),
-            ],
-        );
-        match h.drop_before(T0 + H + 1) {
-            // Time-series deletes by time need 7.0; an older test server says so plainly.
-            Err(HistoryError::Config(msg)) => assert!(msg.contains("7.0"), "{msg}"),
-            result => {
-                assert_eq!(result.unwrap(), 2);
-                assert_eq!(track_ts(h, "v1", T0, T0 + 2 * H), vec![T0 + H + 5]);
-                assert_eq!(h.drop_before(T0 + H + 1).unwrap(), 0);
-            }
-        }
-    });
-}
-
-#[test]
-fn compaction_merges_chunks_without_changing_reads() {
-    each_layout(|config, h| {
-        let mut w = h.writer(0).unwrap();
-        for i in 0..10 {
-            let chunk: Vec<Fix> = (0..60)
-                .map(|j| fix("v1", T0 + (i * 60 + j) * 1000))
-                .collect();
-            append(w.as_mut(), &chunk);
-        }
-        let before = h.track(&vid("v1"), T0, T0 + H).unwrap();
-        assert_eq!(before.len(), 600);
-        assert_eq!(h.maintain(T0 + H - 1).unwrap(), 0, "an open bucket stays");
-        let want = match config.layout {
-            MongoLayout::Buckets => 1,
-            MongoLayout::Timeseries => 0,
-        };
-        assert_eq!(h.maintain(T0 + 2 * H).unwrap(), want);
-        assert_eq!(h.track(&vid("v1"), T0, T0 + H).unwrap(), before);
-        assert_eq!(h.maintain(T0 + 2 * H).unwrap(), 0);
-        // A late fix after compaction lands in a new chunk, merged on the next pass.
-        assert_eq!(append(w.as_mut(), &[fix("v1", T0 + 3_599_999)]), vec![true]);
-        assert_eq!(append(w.as_mut(), &[fix("v1", T0 + 1000)]), vec![false]);
-        assert_eq!(h.maintain(T0 + 2 * H).unwrap(), want);
-        assert_eq!(h.track(&vid("v1"), T0, T0 + H).unwrap().len(), 601);
-        let stats = h.stats().unwrap();
-        assert!(stats.disk_bytes > 0);
-    });
 }
 
 #[test]
