@@ -1,6 +1,7 @@
-//! PostgreSQL goes away under a running `kickstand run` (a TCP proxy in front of the real
-//! server is cut): ingest answers 503 with Retry-After, loses nothing it acked, and recovers by
-//! itself when the database is back.
+//! `kickstand run` on PostgreSQL: the database goes away under a running server (a TCP proxy in
+//! front of the real server is cut): ingest answers 503 with Retry-After, loses nothing it
+//! acked, and recovers by itself when the database is back. And a server with a demo fleet
+//! stops cleanly (the store's runtime may be dropped on an async task).
 
 mod common;
 
@@ -157,5 +158,70 @@ async fn ingest_answers_503_while_postgres_is_down_and_recovers_without_loss() {
         .unwrap()
     })
     .await
+    .unwrap();
+}
+
+#[test]
+fn a_server_on_postgres_with_a_demo_fleet_stops_cleanly() {
+    use std::io::{BufRead, BufReader, Read};
+    use std::process::{Command, Stdio};
+    let Some(url) = kickstand_engine::testing::service_url("POSTGRES") else {
+        return;
+    };
+    let schema = kickstand_engine::testing::unique_name("stop");
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_kickstand"))
+        .args([
+            "run",
+            "--listen",
+            "127.0.0.1:0",
+            "--auth",
+            "off",
+            "--demo",
+            "30",
+            "--data",
+        ])
+        .arg(dir.path())
+        .env("KICKSTAND_HISTORY__KIND", "postgres")
+        .env("KICKSTAND_HISTORY__POSTGRES__URL", &url)
+        .env("KICKSTAND_HISTORY__POSTGRES__SCHEMA", &schema)
+        .env("KICKSTAND_LOG__LEVEL", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert!(line.contains("http://"), "{line}");
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    let term = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(term.success());
+    let status = child.wait().unwrap();
+    let mut stderr = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    assert!(status.success(), "exit {status}: {stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+
+    let config = kickstand_engine::history::postgres::PostgresConfig {
+        url,
+        schema,
+        ..Default::default()
+    };
+    kickstand_engine::history::postgres::PostgresHistory::open(
+        &config,
+        kickstand_domain::BucketSpan::HOUR,
+    )
+    .unwrap()
+    .drop_schema()
     .unwrap();
 }

@@ -99,8 +99,30 @@ impl std::fmt::Debug for PostgresConfig {
     }
 }
 
+/// The store's runtime, shut down in the background when the store is dropped: the last
+/// reference to a store may go away on an async task (the server's), where the blocking
+/// shutdown of a dropped `Runtime` panics.
+struct OwnedRuntime(Option<tokio::runtime::Runtime>);
+
+impl std::ops::Deref for OwnedRuntime {
+    type Target = tokio::runtime::Runtime;
+    fn deref(&self) -> &tokio::runtime::Runtime {
+        self.0
+            .as_ref()
+            .expect("the runtime lives until the store is dropped")
+    }
+}
+
+impl Drop for OwnedRuntime {
+    fn drop(&mut self) {
+        if let Some(rt) = self.0.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
 struct Shared {
-    rt: tokio::runtime::Runtime,
+    rt: OwnedRuntime,
     pg: tokio_postgres::Config,
     pool: deadpool_postgres::Pool,
     schema: String,
@@ -168,7 +190,7 @@ impl PostgresHistory {
         .build()
         .map_err(|e| HistoryError::Config(format!("postgres pool: {e}")))?;
         let shared = Arc::new(Shared {
-            rt,
+            rt: OwnedRuntime(Some(rt)),
             pg,
             pool,
             schema: config.schema.clone(),
