@@ -1,7 +1,8 @@
 //! `kickstand run` on PostgreSQL: the database goes away under a running server (a TCP proxy in
 //! front of the real server is cut): ingest answers 503 with Retry-After, loses nothing it
-//! acked, and recovers by itself when the database is back. And a server with a demo fleet
-//! stops cleanly (the store's runtime may be dropped on an async task).
+//! acked, and recovers by itself when the database is back. A server with a demo fleet stops
+//! cleanly (the store's runtime may be dropped on an async task). Two servers started at once
+//! on a new schema share it (migrations and partitions are created under advisory locks).
 
 mod common;
 
@@ -223,5 +224,72 @@ fn a_server_on_postgres_with_a_demo_fleet_stops_cleanly() {
     )
     .unwrap()
     .drop_schema()
+    .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_servers_started_at_once_share_one_new_schema() {
+    let Some(url) = kickstand_engine::testing::service_url("POSTGRES") else {
+        return;
+    };
+    let schema = kickstand_engine::testing::unique_name("shared");
+    let env = [
+        ("KICKSTAND_HISTORY__KIND", "postgres"),
+        ("KICKSTAND_HISTORY__POSTGRES__URL", url.as_str()),
+        ("KICKSTAND_HISTORY__POSTGRES__SCHEMA", schema.as_str()),
+    ];
+    let (d1, d2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    // Both migrate the empty schema at the same moment.
+    let (a, b) = std::thread::scope(|scope| {
+        let a = scope.spawn(|| Server::start_with(d1.path(), &env));
+        let b = scope.spawn(|| Server::start_with(d2.path(), &env));
+        (a.join().unwrap(), b.join().unwrap())
+    });
+    let c = client();
+    let t0 = now_ms() - 3 * 86_400_000; // a day whose partition neither created ahead
+    for (s, id) in [(&a, "from-a"), (&b, "from-b")] {
+        let batch: Vec<Value> = (0..20)
+            .map(|i| fix(id, t0 + i * 1000, 37.0, 127.0))
+            .collect();
+        let r = c
+            .post(s.url("/api/v1/telemetry"))
+            .json(&batch)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 202);
+    }
+    // Each server reads what the other wrote: one shared history.
+    for (s, id) in [(&a, "from-b"), (&b, "from-a")] {
+        let v: Value = c
+            .get(s.url(&format!(
+                "/api/v1/vehicles/{id}/track?from={t0}&to={}",
+                t0 + 60_000
+            )))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(v["count"], 20, "{id}: {v}");
+    }
+    a.stop();
+    b.stop();
+    let config = kickstand_engine::history::postgres::PostgresConfig {
+        url,
+        schema,
+        ..Default::default()
+    };
+    tokio::task::spawn_blocking(move || {
+        kickstand_engine::history::postgres::PostgresHistory::open(
+            &config,
+            kickstand_domain::BucketSpan::HOUR,
+        )
+        .unwrap()
+        .drop_schema()
+        .unwrap()
+    })
+    .await
     .unwrap();
 }
