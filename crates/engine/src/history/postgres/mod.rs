@@ -54,11 +54,21 @@ pub(crate) fn pg_err(e: PgError) -> HistoryError {
             db.code().code(),
             db.detail().map(|d| format!(": {d}")).unwrap_or_default()
         )),
-        None => HistoryError::Engine(format!("postgres: {e}")),
+        None => {
+            // The source carries the reason (a refused certificate, a reset connection).
+            let mut text = format!("postgres: {e}");
+            let mut source = std::error::Error::source(&e);
+            while let Some(cause) = source {
+                text.push_str(&format!(": {cause}"));
+                source = cause.source();
+            }
+            HistoryError::Engine(text)
+        }
     }
 }
 
-/// Settings of the PostgreSQL store (`[history.postgres]`).
+/// Settings of the PostgreSQL store (`[history.postgres]`). TLS is on when the URL says
+/// `sslmode=require` (then the certificate is verified); otherwise connections are plain.
 #[derive(Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct PostgresConfig {
@@ -73,6 +83,10 @@ pub struct PostgresConfig {
     pub partitions_ahead_days: u32,
     /// Seconds after a bucket ends before its chunks are merged into one row per vehicle.
     pub compact_grace_secs: u64,
+    /// PEM file of the certificate authorities to trust when the URL asks for TLS
+    /// (`sslmode=require`: the server's certificate and name are verified). Unset: the Mozilla
+    /// root certificates compiled in (webpki-roots).
+    pub ca_file: Option<std::path::PathBuf>,
 }
 
 impl Default for PostgresConfig {
@@ -83,6 +97,7 @@ impl Default for PostgresConfig {
             pool_size: 8,
             partitions_ahead_days: 3,
             compact_grace_secs: 600,
+            ca_file: None,
         }
     }
 }
@@ -95,6 +110,7 @@ impl std::fmt::Debug for PostgresConfig {
             .field("pool_size", &self.pool_size)
             .field("partitions_ahead_days", &self.partitions_ahead_days)
             .field("compact_grace_secs", &self.compact_grace_secs)
+            .field("ca_file", &self.ca_file)
             .finish()
     }
 }
@@ -124,6 +140,8 @@ impl Drop for OwnedRuntime {
 struct Shared {
     rt: OwnedRuntime,
     pg: tokio_postgres::Config,
+    /// Set when the URL says `sslmode=require`.
+    tls: Option<tokio_postgres_rustls::MakeRustlsConnect>,
     pool: deadpool_postgres::Pool,
     schema: String,
     span: BucketSpan,
@@ -176,22 +194,30 @@ impl PostgresHistory {
             .thread_name("postgres")
             .enable_all()
             .build()?;
-        let pool = deadpool_postgres::Pool::builder(deadpool_postgres::Manager::from_config(
-            pg.clone(),
-            NoTls,
-            deadpool_postgres::ManagerConfig {
-                recycling_method: deadpool_postgres::RecyclingMethod::Fast,
-            },
-        ))
-        .max_size(config.pool_size.max(1))
-        .runtime(deadpool_postgres::Runtime::Tokio1)
-        .wait_timeout(Some(std::time::Duration::from_secs(30)))
-        .create_timeout(Some(std::time::Duration::from_secs(10)))
-        .build()
-        .map_err(|e| HistoryError::Config(format!("postgres pool: {e}")))?;
+        let tls = match pg.get_ssl_mode() {
+            tokio_postgres::config::SslMode::Require => Some(tls_connector(config)?),
+            _ => None,
+        };
+        let manager_config = deadpool_postgres::ManagerConfig {
+            recycling_method: deadpool_postgres::RecyclingMethod::Fast,
+        };
+        let manager = match &tls {
+            Some(t) => {
+                deadpool_postgres::Manager::from_config(pg.clone(), t.clone(), manager_config)
+            }
+            None => deadpool_postgres::Manager::from_config(pg.clone(), NoTls, manager_config),
+        };
+        let pool = deadpool_postgres::Pool::builder(manager)
+            .max_size(config.pool_size.max(1))
+            .runtime(deadpool_postgres::Runtime::Tokio1)
+            .wait_timeout(Some(std::time::Duration::from_secs(30)))
+            .create_timeout(Some(std::time::Duration::from_secs(10)))
+            .build()
+            .map_err(|e| HistoryError::Config(format!("postgres pool: {e}")))?;
         let shared = Arc::new(Shared {
             rt: OwnedRuntime(Some(rt)),
             pg,
+            tls,
             pool,
             schema: config.schema.clone(),
             span,
@@ -282,6 +308,42 @@ impl PostgresHistory {
     }
 }
 
+/// The TLS connector for `sslmode=require`: rustls (on ring, the one TLS stack of the binary),
+/// trusting `ca_file` or the compiled-in Mozilla roots.
+fn tls_connector(
+    config: &PostgresConfig,
+) -> Result<tokio_postgres_rustls::MakeRustlsConnect, HistoryError> {
+    use rustls_pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    match &config.ca_file {
+        Some(path) => {
+            let certs = rustls_pki_types::CertificateDer::pem_file_iter(path)
+                .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+                .map_err(|e| {
+                    HistoryError::Config(format!(
+                        "history.postgres.ca_file {}: {e}",
+                        path.display()
+                    ))
+                })?;
+            let (added, _) = roots.add_parsable_certificates(certs);
+            if added == 0 {
+                return Err(HistoryError::Config(format!(
+                    "history.postgres.ca_file {} holds no usable certificate",
+                    path.display()
+                )));
+            }
+        }
+        None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let tls = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| HistoryError::Config(format!("TLS: {e}")))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(tokio_postgres_rustls::MakeRustlsConnect::new(tls))
+}
+
 /// Settings checks that need no connection.
 fn anyhow_free_check(config: &PostgresConfig) -> Result<(), HistoryError> {
     if config.schema.is_empty() || config.schema.len() > 63 {
@@ -331,13 +393,25 @@ const SCAN_SQL: &str = "SELECT vehicle_id, bucket_start, points FROM history_chu
 
 impl Shared {
     async fn connect(&self) -> Result<Client, HistoryError> {
-        let (client, connection) = self.pg.connect(NoTls).await.map_err(pg_err)?;
-        tokio::spawn(async move {
-            if let Err(error) = connection.await {
-                tracing::warn!(message = "postgres connection closed", %error);
+        fn watch<F: std::future::Future<Output = Result<(), PgError>> + Send + 'static>(c: F) {
+            tokio::spawn(async move {
+                if let Err(error) = c.await {
+                    tracing::warn!(message = "postgres connection closed", %error);
+                }
+            });
+        }
+        Ok(match &self.tls {
+            Some(tls) => {
+                let (client, connection) = self.pg.connect(tls.clone()).await.map_err(pg_err)?;
+                watch(connection);
+                client
             }
-        });
-        Ok(client)
+            None => {
+                let (client, connection) = self.pg.connect(NoTls).await.map_err(pg_err)?;
+                watch(connection);
+                client
+            }
+        })
     }
 
     async fn pooled(&self) -> Result<deadpool_postgres::Object, HistoryError> {

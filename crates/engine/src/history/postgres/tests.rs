@@ -181,3 +181,78 @@ fn a_bad_url_or_an_unreachable_server_is_a_clear_error() {
     };
     assert!(!format!("{secret:?}").contains("hunter2"));
 }
+
+/// TLS against a server with a certificate for `localhost` (Debian's default snake-oil one on
+/// the development machines): `KICKSTAND_TEST_POSTGRES_TLS_URL` with `sslmode=require`, and
+/// `KICKSTAND_TEST_POSTGRES_TLS_CA`, the PEM file that certifies it.
+#[test]
+fn tls_connections_verify_the_server_and_are_encrypted() {
+    let Some(url) = crate::testing::service_url("POSTGRES_TLS") else {
+        return;
+    };
+    let ca = std::env::var("KICKSTAND_TEST_POSTGRES_TLS_CA")
+        .expect("KICKSTAND_TEST_POSTGRES_TLS_CA names the CA file of the TLS test server");
+    assert!(url.contains("sslmode=require"), "{url}");
+    let config = PostgresConfig {
+        url,
+        schema: crate::testing::unique_name("tls"),
+        ca_file: Some(ca.into()),
+        pool_size: 2,
+        ..PostgresConfig::default()
+    };
+    let h = PostgresHistory::open(&config, BucketSpan::HOUR).unwrap();
+    let mut w = h.writer(0).unwrap();
+    let f = Fix {
+        vehicle_id: VehicleId::new("tls-1").unwrap(),
+        point: point(DAY0, 1),
+    };
+    let mut is_new = Vec::new();
+    w.append(std::slice::from_ref(&f), &mut is_new).unwrap();
+    assert_eq!(is_new, vec![true]);
+    assert_eq!(h.track(&f.vehicle_id, DAY0, DAY0).unwrap(), vec![f.point]);
+    let s = h.shared.clone();
+    let encrypted: bool = h
+        .shared
+        .rt
+        .block_on(async move {
+            let c = s.pooled().await?;
+            let row = c
+                .query_one(
+                    "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+                    &[],
+                )
+                .await
+                .map_err(pg_err)?;
+            Ok::<_, HistoryError>(row.get(0))
+        })
+        .unwrap();
+    assert!(encrypted, "the pooled connection is not encrypted");
+
+    // Without the CA that certifies the server, the handshake is refused: the certificate is
+    // verified, not just accepted.
+    let untrusted = PostgresConfig {
+        ca_file: None,
+        ..config.clone()
+    };
+    let err = PostgresHistory::open(&untrusted, BucketSpan::HOUR)
+        .err()
+        .expect("an unknown issuer is refused");
+    assert!(
+        err.to_string().to_lowercase().contains("certificate"),
+        "{err}"
+    );
+
+    // A CA file that is not one is a clear settings error.
+    let junk = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(junk.path(), "not a certificate").unwrap();
+    let bad = PostgresConfig {
+        ca_file: Some(junk.path().to_owned()),
+        ..config.clone()
+    };
+    let err = PostgresHistory::open(&bad, BucketSpan::HOUR).err().unwrap();
+    assert!(
+        err.to_string().contains("history.postgres.ca_file"),
+        "{err}"
+    );
+    h.drop_schema().unwrap();
+}
