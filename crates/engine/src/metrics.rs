@@ -28,10 +28,26 @@ pub const STORE_DISK_BYTES: &str = "kickstand_store_disk_bytes";
 /// Vehicles in the latest-state store.
 pub const STATE_VEHICLES: &str = "kickstand_state_vehicles";
 
+/// MQTT messages handled, by `result`: `stored` (every fix durable, then acked to the broker)
+/// or `dead_letter` (malformed, recorded with the reason, then acked).
+pub const MQTT_MESSAGES_TOTAL: &str = "kickstand_mqtt_messages_total";
+/// Items recorded in the dead-letter log, by `source`.
+pub const DEAD_LETTERS_TOTAL: &str = "kickstand_dead_letters_total";
+
 /// Describes every metric and sets the counters to zero, so `/metrics` shows each series (with
 /// its help text) from the start rather than after its first event.
 pub fn describe() {
     use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
+    describe_counter!(
+        MQTT_MESSAGES_TOTAL,
+        Unit::Count,
+        "MQTT messages handled, by result (stored, dead_letter)."
+    );
+    describe_counter!(
+        DEAD_LETTERS_TOTAL,
+        Unit::Count,
+        "Malformed inputs recorded in the dead-letter log, by source."
+    );
     describe_counter!(
         INGEST_ACCEPTED_TOTAL,
         Unit::Count,

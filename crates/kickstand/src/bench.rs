@@ -56,10 +56,12 @@ pub struct BenchArgs {
     seed: u64,
     #[command(flatten)]
     history: crate::bench_history::HistoryBenchArgs,
+    #[command(flatten)]
+    mqtt: crate::bench_mqtt::MqttBenchArgs,
     /// Keep the temporary directory (its path is printed).
     #[arg(long)]
     keep: bool,
-    /// Run only these phases (comma-separated: ingest, track, storage, state, history); the
+    /// Run only these phases (comma-separated: ingest, track, storage, state, history, mqtt); the
     /// latest and near queries run with ingest, against the fleet it loaded. `history` compares
     /// the history backends directly (see --history-backends).
     #[arg(
@@ -341,6 +343,17 @@ async fn run_async(args: BenchArgs) -> anyhow::Result<()> {
             tokio::task::spawn_blocking(move || crate::bench_history::run(&h, &dir, end, seed))
                 .await??;
         figures.insert("history".into(), value);
+    }
+    if phase("mqtt") {
+        let value = crate::bench_mqtt::run(
+            &args.mqtt,
+            &tmp.path().join("mqtt"),
+            &config,
+            end,
+            args.seed,
+        )
+        .await?;
+        figures.insert("mqtt".into(), value);
     }
     figures.insert("workers".into(), json!(config.worker_count()));
     figures.insert(

@@ -6,10 +6,12 @@
 mod alloc;
 mod bench;
 mod bench_history;
+mod bench_mqtt;
 mod client;
 mod export;
 mod history_cmd;
 mod keys;
+mod mqtt;
 mod server;
 mod settings;
 mod sim;

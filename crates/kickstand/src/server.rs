@@ -167,6 +167,15 @@ pub fn run_blocking(settings: Settings, options: RunOptions) -> anyhow::Result<(
             tracing::info!(message = "demo fleet started", vehicles = options.demo);
             tokio::spawn(demo_fleet(engine.clone(), options.demo));
         }
-        serve(listener, engine, settings.http, settings.map, keys, shutdown_signal()).await
+        let (stop_mqtt, stopped) = tokio::sync::watch::channel(false);
+        if settings.mqtt.enabled {
+            let dead = Arc::new(crate::mqtt::DeadLetters::open(&settings.data_dir)?);
+            tracing::info!(message = "mqtt ingest started", host = %settings.mqtt.host, port = settings.mqtt.port, topic = %settings.mqtt.topic, dead_letters = %dead.path().display());
+            tokio::spawn(crate::mqtt::run(settings.mqtt.clone(), engine.transport.clone(), dead, stopped));
+        }
+        // Unacked MQTT messages at shutdown are sent again by the broker on the next start.
+        let result = serve(listener, engine, settings.http, settings.map, keys, shutdown_signal()).await;
+        let _ = stop_mqtt.send(true);
+        result
     })
 }

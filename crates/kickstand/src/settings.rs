@@ -25,6 +25,7 @@ pub struct Settings {
     pub http: HttpConfig,
     pub map: MapConfig,
     pub auth: AuthSettings,
+    pub mqtt: crate::mqtt::MqttSettings,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize)]
@@ -71,6 +72,7 @@ impl Default for Settings {
             http: HttpConfig::default(),
             map: MapConfig::default(),
             auth: AuthSettings::default(),
+            mqtt: crate::mqtt::MqttSettings::default(),
         }
     }
 }
@@ -132,6 +134,7 @@ impl Settings {
             self.http.body_limit_bytes >= 1024,
             "http.body_limit_bytes must be at least 1024"
         );
+        self.mqtt.validate()?;
         anyhow::ensure!(
             matches!(self.log.format.as_str(), "text" | "json"),
             "log.format must be text or json"
