@@ -924,32 +924,27 @@ impl PgWriter {
         });
 
         // Vehicles this writer has not seen: their newest stored ts.
-        let unknown: Vec<&str> = {
-            let mut u: Vec<&str> = Vec::new();
-            for &i in &order {
-                let v = &fixes[i as usize].vehicle_id;
-                if !self.newest.contains_key(v) && u.last() != Some(&v.as_str()) {
-                    u.push(v.as_str());
-                }
+        let mut unknown: Vec<&VehicleId> = Vec::new();
+        for &i in &order {
+            let v = &fixes[i as usize].vehicle_id;
+            if !self.newest.contains_key(v) && unknown.last() != Some(&v) {
+                unknown.push(v);
             }
-            u
-        };
+        }
         if !unknown.is_empty() {
+            let ids: Vec<&str> = unknown.iter().map(|v| v.as_str()).collect();
             let rows = client
                 .query(
                     "SELECT vehicle_id, ts FROM history_latest WHERE vehicle_id = ANY($1)",
-                    &[&unknown],
+                    &[&ids],
                 )
                 .await
                 .map_err(pg_err)?;
-            for id in &unknown {
-                self.newest
-                    .insert(VehicleId::new(id).expect("valid id"), i64::MIN);
-            }
-            for r in rows {
-                if let Ok(v) = VehicleId::new(r.get::<_, &str>(0)) {
-                    self.newest.insert(v, r.get(1));
-                }
+            let stored: FastMap<&str, i64> =
+                rows.iter().map(|r| (r.get::<_, &str>(0), r.get(1))).collect();
+            for v in unknown {
+                let ts = stored.get(v.as_str()).copied().unwrap_or(i64::MIN);
+                self.newest.insert(v.clone(), ts);
             }
         }
 
