@@ -940,8 +940,10 @@ impl PgWriter {
                 )
                 .await
                 .map_err(pg_err)?;
-            let stored: FastMap<&str, i64> =
-                rows.iter().map(|r| (r.get::<_, &str>(0), r.get(1))).collect();
+            let stored: FastMap<&str, i64> = rows
+                .iter()
+                .map(|r| (r.get::<_, &str>(0), r.get(1)))
+                .collect();
             for v in unknown {
                 let ts = stored.get(v.as_str()).copied().unwrap_or(i64::MIN);
                 self.newest.insert(v.clone(), ts);
