@@ -45,12 +45,7 @@ async fn every_acked_fix_survives_kill_9_exactly_once_on_postgres() {
             Ok(s) => s,
             Err(e) => return kickstand_engine::testing::unreachable("PostgreSQL", e).unwrap_or(()),
         };
-    kill_9_and_check(&[
-        ("KICKSTAND_HISTORY__KIND", "postgres"),
-        ("KICKSTAND_HISTORY__POSTGRES__URL", &url),
-        ("KICKSTAND_HISTORY__POSTGRES__SCHEMA", &config.schema),
-    ])
-    .await;
+    kill_9_and_check(&common::pg_env(&url, &config.schema)).await;
     tokio::task::spawn_blocking(move || store.drop_schema())
         .await
         .unwrap()

@@ -122,11 +122,7 @@ async fn copies_embedded_to_postgres_resumably_and_back() {
         stderr(&again)
     );
 
-    let pg_env = [
-        ("KICKSTAND_HISTORY__KIND", "postgres"),
-        ("KICKSTAND_HISTORY__POSTGRES__URL", url.as_str()),
-        ("KICKSTAND_HISTORY__POSTGRES__SCHEMA", schema.as_str()),
-    ];
+    let pg_env = common::pg_env(&url, &schema);
     assert_eq!(
         export_lines(&a, &pg_env, from, to),
         source,
@@ -155,18 +151,5 @@ async fn copies_embedded_to_postgres_resumably_and_back() {
         stderr(&missing)
     );
 
-    tokio::task::spawn_blocking(move || {
-        use kickstand_engine::history::postgres::{PostgresConfig, PostgresHistory};
-        let config = PostgresConfig {
-            url,
-            schema,
-            ..PostgresConfig::default()
-        };
-        PostgresHistory::open(&config, kickstand_domain::BucketSpan::HOUR)
-            .unwrap()
-            .drop_schema()
-            .unwrap();
-    })
-    .await
-    .unwrap();
+    common::drop_pg_schema(url, schema).await;
 }

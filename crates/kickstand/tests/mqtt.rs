@@ -26,6 +26,32 @@ fn broker() -> Option<(String, u16)> {
     }
 }
 
+/// A server whose MQTT ingest subscribes to `<prefix>/+/telemetry` (in `share_group`, or
+/// directly when it is empty) with `connections` connections.
+fn start_ingest(
+    dir: &std::path::Path,
+    host: &str,
+    port: u16,
+    prefix: &str,
+    share_group: &str,
+    connections: usize,
+) -> Server {
+    let (port, topic) = (port.to_string(), format!("{prefix}/+/telemetry"));
+    let (client_id, connections) = (format!("{prefix}-ingest"), connections.to_string());
+    Server::start_with(
+        dir,
+        &[
+            ("KICKSTAND_MQTT__ENABLED", "true"),
+            ("KICKSTAND_MQTT__HOST", host),
+            ("KICKSTAND_MQTT__PORT", &port),
+            ("KICKSTAND_MQTT__TOPIC", &topic),
+            ("KICKSTAND_MQTT__SHARE_GROUP", share_group),
+            ("KICKSTAND_MQTT__CLIENT_ID", &client_id),
+            ("KICKSTAND_MQTT__CONNECTIONS", &connections),
+        ],
+    )
+}
+
 /// Publishes every payload with QoS 1 and returns once the broker acked them all.
 async fn publish_all(host: &str, port: u16, messages: Vec<(String, Vec<u8>)>) {
     let id = kickstand_engine::testing::unique_name("pub");
@@ -73,21 +99,7 @@ async fn qos1_messages_become_fixes_once_and_garbage_is_dead_lettered() {
     };
     let prefix = kickstand_engine::testing::unique_name("kt");
     let dir = tempfile::tempdir().unwrap();
-    let port_text = port.to_string();
-    let topic = format!("{prefix}/+/telemetry");
-    let client_id = format!("{prefix}-ingest");
-    let s = Server::start_with(
-        dir.path(),
-        &[
-            ("KICKSTAND_MQTT__ENABLED", "true"),
-            ("KICKSTAND_MQTT__HOST", &host),
-            ("KICKSTAND_MQTT__PORT", &port_text),
-            ("KICKSTAND_MQTT__TOPIC", &topic),
-            ("KICKSTAND_MQTT__SHARE_GROUP", &prefix),
-            ("KICKSTAND_MQTT__CLIENT_ID", &client_id),
-            ("KICKSTAND_MQTT__CONNECTIONS", "2"),
-        ],
-    );
+    let s = start_ingest(dir.path(), &host, port, &prefix, &prefix, 2);
     let t0 = now_ms() - 600_000;
     let fix = |id: &str, i: i64| json!({"vehicle_id": id, "ts": t0 + i * 1000, "lat": 37.5 + i as f64 * 1e-5, "lon": 127.0});
     let on = |id: &str| format!("{prefix}/{id}/telemetry");
@@ -245,24 +257,10 @@ async fn mosquitto_restarted_mid_stream_loses_no_qos1_message() {
     }
     let prefix = kickstand_engine::testing::unique_name("kr");
     let dir = tempfile::tempdir().unwrap();
-    let port_text = port.to_string();
-    let topic = format!("{prefix}/+/telemetry");
-    let client_id = format!("{prefix}-ingest");
-    let s = Server::start_with(
-        dir.path(),
-        &[
-            ("KICKSTAND_MQTT__ENABLED", "true"),
-            ("KICKSTAND_MQTT__HOST", &host),
-            ("KICKSTAND_MQTT__PORT", &port_text),
-            ("KICKSTAND_MQTT__TOPIC", &topic),
-            // A direct subscription: Mosquitto 2.0.11 does not restore shared subscriptions
-            // from its persistence file, so a shared group drops what devices publish between
-            // the broker's restart and the ingest's resubscription (docs/mqtt.md).
-            ("KICKSTAND_MQTT__SHARE_GROUP", ""),
-            ("KICKSTAND_MQTT__CLIENT_ID", &client_id),
-            ("KICKSTAND_MQTT__CONNECTIONS", "1"),
-        ],
-    );
+    // A direct subscription: Mosquitto 2.0.11 does not restore shared subscriptions from its
+    // persistence file, so a shared group drops what devices publish between the broker's
+    // restart and the ingest's resubscription (docs/mqtt.md).
+    let s = start_ingest(dir.path(), &host, port, &prefix, "", 1);
     let t0 = now_ms() - 600_000;
     let body = |i: i64| {
         json!({"vehicle_id": "r1", "ts": t0 + i * 100, "lat": 37.5, "lon": 127.0})

@@ -77,15 +77,9 @@ async fn ingest_answers_503_while_postgres_is_down_and_recovers_without_loss() {
     let via = format!("postgres://{auth}127.0.0.1:{}/{db}", proxy.port);
     let schema = kickstand_engine::testing::unique_name("outage");
     let dir = tempfile::tempdir().unwrap();
-    let s = Server::start_with(
-        dir.path(),
-        &[
-            ("KICKSTAND_HISTORY__KIND", "postgres"),
-            ("KICKSTAND_HISTORY__POSTGRES__URL", &via),
-            ("KICKSTAND_HISTORY__POSTGRES__SCHEMA", &schema),
-            ("KICKSTAND_ENGINE__WORKERS", "1"),
-        ],
-    );
+    let mut env = common::pg_env(&via, &schema).to_vec();
+    env.push(("KICKSTAND_ENGINE__WORKERS", "1"));
+    let s = Server::start_with(dir.path(), &env);
     let c = client();
     let t0 = now_ms() - 60_000;
     let post = |i: i64| {
@@ -144,22 +138,7 @@ async fn ingest_answers_503_while_postgres_is_down_and_recovers_without_loss() {
     assert_eq!(v["count"], acked.len(), "each acked fix once: {v}");
     s.stop();
 
-    let config = kickstand_engine::history::postgres::PostgresConfig {
-        url,
-        schema,
-        ..Default::default()
-    };
-    tokio::task::spawn_blocking(move || {
-        kickstand_engine::history::postgres::PostgresHistory::open(
-            &config,
-            kickstand_domain::BucketSpan::HOUR,
-        )
-        .unwrap()
-        .drop_schema()
-        .unwrap()
-    })
-    .await
-    .unwrap();
+    common::drop_pg_schema(url, schema).await;
 }
 
 #[test]
@@ -183,9 +162,7 @@ fn a_server_on_postgres_with_a_demo_fleet_stops_cleanly() {
             "--data",
         ])
         .arg(dir.path())
-        .env("KICKSTAND_HISTORY__KIND", "postgres")
-        .env("KICKSTAND_HISTORY__POSTGRES__URL", &url)
-        .env("KICKSTAND_HISTORY__POSTGRES__SCHEMA", &schema)
+        .envs(common::pg_env(&url, &schema))
         .env("KICKSTAND_LOG__LEVEL", "warn")
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -213,18 +190,11 @@ fn a_server_on_postgres_with_a_demo_fleet_stops_cleanly() {
     assert!(status.success(), "exit {status}: {stderr}");
     assert!(!stderr.contains("panicked"), "{stderr}");
 
-    let config = kickstand_engine::history::postgres::PostgresConfig {
-        url,
-        schema,
-        ..Default::default()
-    };
-    kickstand_engine::history::postgres::PostgresHistory::open(
-        &config,
-        kickstand_domain::BucketSpan::HOUR,
-    )
-    .unwrap()
-    .drop_schema()
-    .unwrap();
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(common::drop_pg_schema(url, schema));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -233,11 +203,7 @@ async fn two_servers_started_at_once_share_one_new_schema() {
         return;
     };
     let schema = kickstand_engine::testing::unique_name("shared");
-    let env = [
-        ("KICKSTAND_HISTORY__KIND", "postgres"),
-        ("KICKSTAND_HISTORY__POSTGRES__URL", url.as_str()),
-        ("KICKSTAND_HISTORY__POSTGRES__SCHEMA", schema.as_str()),
-    ];
+    let env = common::pg_env(&url, &schema);
     let (d1, d2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     // Both migrate the empty schema at the same moment.
     let (a, b) = std::thread::scope(|scope| {
@@ -276,20 +242,5 @@ async fn two_servers_started_at_once_share_one_new_schema() {
     }
     a.stop();
     b.stop();
-    let config = kickstand_engine::history::postgres::PostgresConfig {
-        url,
-        schema,
-        ..Default::default()
-    };
-    tokio::task::spawn_blocking(move || {
-        kickstand_engine::history::postgres::PostgresHistory::open(
-            &config,
-            kickstand_domain::BucketSpan::HOUR,
-        )
-        .unwrap()
-        .drop_schema()
-        .unwrap()
-    })
-    .await
-    .unwrap();
+    common::drop_pg_schema(url, schema).await;
 }

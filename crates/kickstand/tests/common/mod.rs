@@ -116,3 +116,31 @@ pub fn client() -> reqwest::Client {
 pub fn fix(id: &str, ts: i64, lat: f64, lon: f64) -> serde_json::Value {
     serde_json::json!({"vehicle_id": id, "ts": ts, "lat": lat, "lon": lon})
 }
+
+/// The environment that points a server's history at PostgreSQL schema `schema`.
+pub fn pg_env<'a>(url: &'a str, schema: &'a str) -> [(&'static str, &'a str); 3] {
+    [
+        ("KICKSTAND_HISTORY__KIND", "postgres"),
+        ("KICKSTAND_HISTORY__POSTGRES__URL", url),
+        ("KICKSTAND_HISTORY__POSTGRES__SCHEMA", schema),
+    ]
+}
+
+/// Drops a PostgreSQL schema a test made. The store runs its own runtime, so this runs on a
+/// blocking thread.
+pub async fn drop_pg_schema(url: String, schema: String) {
+    use kickstand_engine::history::postgres::{PostgresConfig, PostgresHistory};
+    tokio::task::spawn_blocking(move || {
+        let config = PostgresConfig {
+            url,
+            schema,
+            ..PostgresConfig::default()
+        };
+        PostgresHistory::open(&config, kickstand_domain::BucketSpan::HOUR)
+            .unwrap()
+            .drop_schema()
+            .unwrap();
+    })
+    .await
+    .unwrap();
+}
