@@ -153,50 +153,65 @@ impl Settings {
 mod tests {
     use super::*;
 
-    #[test]
-    fn the_example_config_parses_and_matches_the_defaults_it_documents() {
-        let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../kickstand.example.toml");
-        let s = Settings::load(Some(&example), Figment::new()).unwrap();
-        let d = Settings::default();
-        assert_eq!(s.listen, d.listen);
-        assert_eq!(s.engine.bucket_secs, d.engine.bucket_secs);
-        assert_eq!(s.http.body_limit_bytes, d.http.body_limit_bytes);
-    }
-
-    #[test]
-    fn unknown_keys_and_bad_values_are_refused() {
-        let dir = tempfile::tempdir().unwrap();
-        let bad = dir.path().join("bad.toml");
-        std::fs::write(&bad, "[engine]\nworkerz = 3\n").unwrap();
-        assert!(Settings::load(Some(&bad), Figment::new()).is_err());
-        std::fs::write(&bad, "[engine]\nbucket_secs = 7\n").unwrap();
-        assert!(Settings::load(Some(&bad), Figment::new()).is_err());
-    }
-
-    #[test]
+    /// Runs `f` under figment's global jail lock, so no other test's environment variables
+    /// (set inside its own jail) can leak into a load that reads the environment.
     // figment's `Jail` dictates the closure's error type, a large `figment::Error`.
     #[allow(clippy::result_large_err)]
-    fn test_switches_in_the_environment_are_not_settings() {
+    fn jailed(f: impl FnOnce(&mut figment::Jail)) {
         figment::Jail::expect_with(|jail| {
-            jail.set_env("KICKSTAND_REQUIRE_SERVICES", "1");
-            jail.set_env("KICKSTAND_TEST_REDIS_URL", "redis://127.0.0.1:6379");
-            jail.set_env("KICKSTAND_ENGINE__WORKERS", "3");
-            let s = Settings::load(None, Figment::new()).map_err(|e| e.to_string())?;
-            assert_eq!(s.engine.workers, 3);
-            jail.set_env("KICKSTAND_ENGINE__WORKERZ", "3");
-            assert!(Settings::load(None, Figment::new()).is_err());
+            f(jail);
             Ok(())
         });
     }
 
     #[test]
+    fn the_example_config_parses_and_matches_the_defaults_it_documents() {
+        jailed(|_| {
+            let example =
+                Path::new(env!("CARGO_MANIFEST_DIR")).join("../../kickstand.example.toml");
+            let s = Settings::load(Some(&example), Figment::new()).unwrap();
+            let d = Settings::default();
+            assert_eq!(s.listen, d.listen);
+            assert_eq!(s.engine.bucket_secs, d.engine.bucket_secs);
+            assert_eq!(s.http.body_limit_bytes, d.http.body_limit_bytes);
+        });
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_are_refused() {
+        jailed(|_| {
+            let dir = tempfile::tempdir().unwrap();
+            let bad = dir.path().join("bad.toml");
+            std::fs::write(&bad, "[engine]\nworkerz = 3\n").unwrap();
+            assert!(Settings::load(Some(&bad), Figment::new()).is_err());
+            std::fs::write(&bad, "[engine]\nbucket_secs = 7\n").unwrap();
+            assert!(Settings::load(Some(&bad), Figment::new()).is_err());
+        });
+    }
+
+    #[test]
+    fn test_switches_in_the_environment_are_not_settings() {
+        jailed(|jail| {
+            jail.set_env("KICKSTAND_REQUIRE_SERVICES", "1");
+            jail.set_env("KICKSTAND_TEST_REDIS_URL", "redis://127.0.0.1:6379");
+            jail.set_env("KICKSTAND_ENGINE__WORKERS", "3");
+            let s = Settings::load(None, Figment::new()).unwrap();
+            assert_eq!(s.engine.workers, 3);
+            jail.set_env("KICKSTAND_ENGINE__WORKERZ", "3");
+            assert!(Settings::load(None, Figment::new()).is_err());
+        });
+    }
+
+    #[test]
     fn flags_override_the_file() {
-        let dir = tempfile::tempdir().unwrap();
-        let f = dir.path().join("k.toml");
-        std::fs::write(&f, "listen = \"127.0.0.1:9000\"\n[engine]\nworkers = 3\n").unwrap();
-        let flags = Figment::from(Serialized::default("listen", "127.0.0.1:9001"));
-        let s = Settings::load(Some(&f), flags).unwrap();
-        assert_eq!(s.listen.port(), 9001);
-        assert_eq!(s.engine.workers, 3);
+        jailed(|_| {
+            let dir = tempfile::tempdir().unwrap();
+            let f = dir.path().join("k.toml");
+            std::fs::write(&f, "listen = \"127.0.0.1:9000\"\n[engine]\nworkers = 3\n").unwrap();
+            let flags = Figment::from(Serialized::default("listen", "127.0.0.1:9001"));
+            let s = Settings::load(Some(&f), flags).unwrap();
+            assert_eq!(s.listen.port(), 9001);
+            assert_eq!(s.engine.workers, 3);
+        });
     }
 }
