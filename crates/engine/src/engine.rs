@@ -65,6 +65,8 @@ pub enum EngineError {
     Config(&'static str),
     #[error(transparent)]
     History(#[from] HistoryError),
+    #[error("the latest-state store failed: {0}")]
+    State(String),
     #[error("could not start a thread: {0}")]
     Thread(#[from] std::io::Error),
 }
@@ -119,13 +121,15 @@ impl Engine {
         history.for_each_latest(&mut |vehicle_id, point| {
             batch.push(kickstand_domain::Fix { vehicle_id, point });
             if batch.len() == 4096 {
-                state.apply(&batch);
+                // The in-memory store cannot fail; a shared one that does is retried by the
+                // worker role's keeper, which rebuilds it whenever it is not primed.
+                let _ = state.apply(&batch);
                 restored += batch.len();
                 batch.clear();
             }
         })?;
         restored += batch.len();
-        state.apply(&batch);
+        state.apply(&batch).map_err(|e| EngineError::State(e.0))?;
         tracing::info!(
             message = "latest state restored",
             vehicles = restored,

@@ -62,7 +62,11 @@ pub fn run(
             Ok(()) => {
                 // Duplicates are never newer than the state held, so applying every fix is
                 // the same as applying the new ones.
-                state.apply(&fixes);
+                if let Err(error) = state.apply(&fixes) {
+                    // Only shared stores fail; the fixes are durable and the store is rebuilt
+                    // from history when it comes back empty.
+                    tracing::warn!(message = "latest state not updated", %error);
+                }
                 let mut at = 0;
                 let (mut accepted_all, mut dup_all) = (0u64, 0u64);
                 for (b, size) in group.drain(..).zip(&sizes) {

@@ -406,7 +406,7 @@ async fn get_vehicle(
     let p = app
         .engine
         .state
-        .get(&id)
+        .get(&id)?
         .ok_or_else(|| Problem::not_found(format!("no vehicle {id}")))?;
     let mut out = Vec::with_capacity(256);
     json::vehicle(&mut out, &id, &p, None);
@@ -515,7 +515,7 @@ async fn list_vehicles(
                     "cursor pages bbox queries; near returns the nearest `limit`",
                 ));
             }
-            let found = app.engine.state.near(lat, lon, radius, filter, limit);
+            let found = app.engine.state.near(lat, lon, radius, filter, limit)?;
             for (i, (v, d)) in found.iter().enumerate() {
                 if i > 0 {
                     out.push(b',');
@@ -537,7 +537,7 @@ async fn list_vehicles(
             let found = app
                 .engine
                 .state
-                .within(bbox, filter, after.as_ref(), limit + 1);
+                .within(bbox, filter, after.as_ref(), limit + 1)?;
             let more = found.len() > limit;
             for (i, v) in found.iter().take(limit).enumerate() {
                 if i > 0 {
@@ -734,7 +734,7 @@ async fn summary(
     let mut s = app
         .engine
         .state
-        .summary(now_ms() - i64::from(stale_minutes) * 60_000);
+        .summary(now_ms() - i64::from(stale_minutes) * 60_000)?;
     let body = serde_json::json!({
         "vehicles": s.vehicles,
         "by_state": std::mem::take(&mut s.by_state),
@@ -847,7 +847,9 @@ async fn readyz(State(app): State<AppState>) -> Response {
 )]
 async fn metrics_text(State(app): State<AppState>) -> Response {
     metrics::gauge!(m::QUEUE_DEPTH_FIXES).set(app.engine.transport.queue_depth() as f64);
-    metrics::gauge!(m::STATE_VEHICLES).set(app.engine.state.len() as f64);
+    if let Ok(n) = app.engine.state.len() {
+        metrics::gauge!(m::STATE_VEHICLES).set(n as f64);
+    }
     let history = app.engine.history.clone();
     // Sizes on disk come from the file system: off the async workers.
     if let Ok(Ok(stats)) = tokio::task::spawn_blocking(move || history.stats()).await {

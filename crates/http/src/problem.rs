@@ -33,6 +33,13 @@ pub struct Problem {
     pub retry_after: Option<u64>,
 }
 
+impl From<kickstand_engine::state::StateError> for Problem {
+    fn from(e: kickstand_engine::state::StateError) -> Problem {
+        tracing::warn!(message = "latest-state store unavailable", error = %e.0);
+        Problem::unavailable("the latest-state store is unavailable; retry later", 1)
+    }
+}
+
 impl Problem {
     pub fn new(status: StatusCode, title: &'static str, detail: impl Into<String>) -> Problem {
         Problem {

@@ -118,15 +118,32 @@ pub async fn stream(
     };
     let events = futures_util::stream::unfold(cursor, |mut c| async move {
         let mut changed = Vec::new();
+        // A state store that cannot answer (a shared one that is down) costs this client a
+        // tick, not its stream: the next look starts from the same place.
         if !c.snapshot_sent {
-            c.ticker.tick().await; // the first tick is immediate
-            c.since = c.state.changes_since(&c.bbox, 0, &mut changed);
+            loop {
+                c.ticker.tick().await; // the first tick is immediate
+                match c.state.changes_since(&c.bbox, 0, &mut changed) {
+                    Ok(since) => break c.since = since,
+                    Err(error) => {
+                        changed.clear();
+                        tracing::debug!(message = "stream snapshot deferred", %error);
+                    }
+                }
+            }
             c.snapshot_sent = true;
             return Some((Ok(event("snapshot", &changed)), c));
         }
         loop {
             c.ticker.tick().await;
-            c.since = c.state.changes_since(&c.bbox, c.since, &mut changed);
+            match c.state.changes_since(&c.bbox, c.since, &mut changed) {
+                Ok(since) => c.since = since,
+                Err(error) => {
+                    changed.clear();
+                    tracing::debug!(message = "stream update deferred", %error);
+                    continue;
+                }
+            }
             if !changed.is_empty() {
                 return Some((Ok(event("update", &changed)), c));
             }

@@ -13,7 +13,7 @@ use crate::sim::{self, SEOUL, Scooter};
 use anyhow::Context;
 use axum::body::Bytes;
 use http_body_util::{BodyExt, Full};
-use kickstand_engine::state::{MemoryState, StateStore};
+use kickstand_engine::state::MemoryState;
 use kickstand_engine::{Engine, EngineConfig};
 use kickstand_http::HttpConfig;
 use serde_json::json;
@@ -427,7 +427,7 @@ async fn ingest_phases(
     eprintln!("querying latest state and near …");
     let latest = query_load(server.addr, Arc::new(latest_paths), 8).await?;
     let near = query_load(server.addr, Arc::new(near_paths), 8).await?;
-    let vehicles_loaded = server.engine.state.len();
+    let vehicles_loaded = server.engine.state.len()?;
 
     server.stop().await?;
 

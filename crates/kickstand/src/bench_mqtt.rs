@@ -130,9 +130,14 @@ pub async fn run(
     let published = started.elapsed();
     // Durable: every vehicle's state holds its last fix (state moves only after the commit).
     loop {
-        let done = last
-            .iter()
-            .all(|(id, ts)| engine.state.get(id).is_some_and(|p| p.ts == *ts));
+        let done = last.iter().all(|(id, ts)| {
+            engine
+                .state
+                .get(id)
+                .ok()
+                .flatten()
+                .is_some_and(|p| p.ts == *ts)
+        });
         if done {
             break;
         }

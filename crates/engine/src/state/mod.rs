@@ -61,11 +61,21 @@ pub struct FleetSummary {
     pub stale: u64,
 }
 
-/// The latest-state port.
+/// The state store could not answer (a shared store that is down or unreachable). The caller
+/// may retry; HTTP answers 503 with `Retry-After`.
+#[derive(Clone, Debug, thiserror::Error)]
+#[error("the latest-state store is unavailable: {0}")]
+pub struct StateError(pub String);
+
+pub type StateResult<T> = Result<T, StateError>;
+
+/// The latest-state port. Implementations that talk to a server (Redis) block the calling
+/// thread for one round trip; callers on an async runtime must allow that (the Redis store uses
+/// `block_in_place`).
 pub trait StateStore: Send + Sync + 'static {
     /// Moves each vehicle's state forward to the newest of `fixes` (older ones are ignored).
-    fn apply(&self, fixes: &[Fix]);
-    fn get(&self, id: &VehicleId) -> Option<Point>;
+    fn apply(&self, fixes: &[Fix]) -> StateResult<()>;
+    fn get(&self, id: &VehicleId) -> StateResult<Option<Point>>;
     /// Vehicles within `radius_m` of a point, nearest first, with their distance in metres.
     fn near(
         &self,
@@ -74,7 +84,7 @@ pub trait StateStore: Send + Sync + 'static {
         radius_m: f64,
         filter: StateFilter,
         limit: usize,
-    ) -> Vec<(VehicleView, f64)>;
+    ) -> StateResult<Vec<(VehicleView, f64)>>;
     /// Vehicles inside `bbox`, in vehicle id order, starting after the id `after` (the cursor).
     fn within(
         &self,
@@ -82,17 +92,73 @@ pub trait StateStore: Send + Sync + 'static {
         filter: StateFilter,
         after: Option<&VehicleId>,
         limit: usize,
-    ) -> Vec<VehicleView>;
+    ) -> StateResult<Vec<VehicleView>>;
     /// Counts by state and battery; `stale_before_ms` is the time before which a vehicle's
     /// newest fix makes it stale.
-    fn summary(&self, stale_before_ms: i64) -> FleetSummary;
+    fn summary(&self, stale_before_ms: i64) -> StateResult<FleetSummary>;
     /// Vehicles in `bbox` whose state changed after change number `since` (0: all of them),
     /// appended to `out`. Returns the change number to pass next time. This is what the live
-    /// stream polls: each vehicle appears once however often it changed (coalescing).
-    fn changes_since(&self, bbox: &BBox, since: u64, out: &mut Vec<VehicleView>) -> u64;
-    fn len(&self) -> usize;
-    fn is_empty(&self) -> bool {
-        self.len() == 0
+    /// stream polls: each vehicle appears once however often it changed (coalescing). A store
+    /// that was emptied and rebuilt since `since` answers as for 0.
+    fn changes_since(
+        &self,
+        bbox: &BBox,
+        since: u64,
+        out: &mut Vec<VehicleView>,
+    ) -> StateResult<u64>;
+    fn len(&self) -> StateResult<usize>;
+    /// Whether the store holds the fleet: false for a shared store that is new or was emptied
+    /// (a Redis restart or flush) and must be rebuilt from history. Always true in memory, which
+    /// the engine fills at start.
+    fn is_primed(&self) -> StateResult<bool> {
+        Ok(true)
+    }
+    /// Records that the store was rebuilt from history.
+    fn mark_primed(&self) -> StateResult<()> {
+        Ok(())
+    }
+}
+
+impl StateStore for MemoryState {
+    fn apply(&self, fixes: &[Fix]) -> StateResult<()> {
+        MemoryState::apply(self, fixes);
+        Ok(())
+    }
+    fn get(&self, id: &VehicleId) -> StateResult<Option<Point>> {
+        Ok(MemoryState::get(self, id))
+    }
+    fn near(
+        &self,
+        lat: f64,
+        lon: f64,
+        radius_m: f64,
+        filter: StateFilter,
+        limit: usize,
+    ) -> StateResult<Vec<(VehicleView, f64)>> {
+        Ok(MemoryState::near(self, lat, lon, radius_m, filter, limit))
+    }
+    fn within(
+        &self,
+        bbox: BBox,
+        filter: StateFilter,
+        after: Option<&VehicleId>,
+        limit: usize,
+    ) -> StateResult<Vec<VehicleView>> {
+        Ok(MemoryState::within(self, bbox, filter, after, limit))
+    }
+    fn summary(&self, stale_before_ms: i64) -> StateResult<FleetSummary> {
+        Ok(MemoryState::summary(self, stale_before_ms))
+    }
+    fn changes_since(
+        &self,
+        bbox: &BBox,
+        since: u64,
+        out: &mut Vec<VehicleView>,
+    ) -> StateResult<u64> {
+        Ok(MemoryState::changes_since(self, bbox, since, out))
+    }
+    fn len(&self) -> StateResult<usize> {
+        Ok(MemoryState::len(self))
     }
 }
 
@@ -196,8 +262,9 @@ fn for_cells(shard: &Shard, bbox: &BBox, mut f: impl FnMut(&Slot)) {
     }
 }
 
-impl StateStore for MemoryState {
-    fn apply(&self, fixes: &[Fix]) {
+/// The queries, infallible in memory; [`StateStore`] wraps them.
+impl MemoryState {
+    pub fn apply(&self, fixes: &[Fix]) {
         use std::sync::atomic::Ordering;
         let change = self.changes.fetch_add(1, Ordering::Relaxed) + 1;
         if fixes.len() < 32 {
@@ -225,12 +292,12 @@ impl StateStore for MemoryState {
         }
     }
 
-    fn get(&self, id: &VehicleId) -> Option<Point> {
+    pub fn get(&self, id: &VehicleId) -> Option<Point> {
         let shard = self.shards[shard_of(id)].read();
         shard.index.get(id).map(|&i| shard.slots[i as usize].point)
     }
 
-    fn near(
+    pub fn near(
         &self,
         lat: f64,
         lon: f64,
@@ -295,7 +362,7 @@ impl StateStore for MemoryState {
         found.into_iter().map(|(d, v)| (v, d)).collect()
     }
 
-    fn within(
+    pub fn within(
         &self,
         bbox: BBox,
         filter: StateFilter,
@@ -323,7 +390,7 @@ impl StateStore for MemoryState {
         found
     }
 
-    fn summary(&self, stale_before_ms: i64) -> FleetSummary {
+    pub fn summary(&self, stale_before_ms: i64) -> FleetSummary {
         let mut s = FleetSummary::default();
         for state in VehicleState::ALL {
             s.by_state.insert(state.as_str().to_owned(), 0);
@@ -356,11 +423,11 @@ impl StateStore for MemoryState {
         s
     }
 
-    fn len(&self) -> usize {
+    pub fn len(&self) -> usize {
         self.shards.iter().map(|s| s.read().slots.len()).sum()
     }
 
-    fn changes_since(&self, bbox: &BBox, since: u64, out: &mut Vec<VehicleView>) -> u64 {
+    pub fn changes_since(&self, bbox: &BBox, since: u64, out: &mut Vec<VehicleView>) -> u64 {
         // Read the counter first: an update racing with the scan is either seen now or has a
         // larger number and is seen next time; never lost.
         let now = self.changes.load(std::sync::atomic::Ordering::Relaxed);
