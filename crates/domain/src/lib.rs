@@ -12,6 +12,8 @@
 //! - [`codec`]: the compact columnar encoding of a bucket's points.
 //! - [`geo`]: distances, bounding boxes, the spatial grid cell, line simplification.
 //! - [`timefmt`]: timestamps in and out (RFC 3339 or epoch milliseconds in, RFC 3339 out).
+//! - [`wire`]: the binary message of a batch of fixes between processes (scale-out transport),
+//!   validated again on decoding.
 //!
 //! **Architecture Invariant:** nothing here touches the network, the disk or the clock; the
 //! current time is always a parameter. Everything is deterministic and unit-testable.
@@ -22,6 +24,7 @@ pub mod fix;
 pub mod geo;
 pub mod input;
 pub mod timefmt;
+pub mod wire;
 
 pub use bucket::BucketSpan;
 pub use fix::{Fix, FixError, Point, VehicleId, VehicleState};

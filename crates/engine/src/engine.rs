@@ -115,26 +115,7 @@ impl Engine {
         config: EngineConfig,
     ) -> Result<Engine, EngineError> {
         config.span()?;
-        let started = Instant::now();
-        let mut restored = 0usize;
-        let mut batch = Vec::with_capacity(4096);
-        history.for_each_latest(&mut |vehicle_id, point| {
-            batch.push(kickstand_domain::Fix { vehicle_id, point });
-            if batch.len() == 4096 {
-                // The in-memory store cannot fail; a shared one that does is retried by the
-                // worker role's keeper, which rebuilds it whenever it is not primed.
-                let _ = state.apply(&batch);
-                restored += batch.len();
-                batch.clear();
-            }
-        })?;
-        restored += batch.len();
-        state.apply(&batch).map_err(|e| EngineError::State(e.0))?;
-        tracing::info!(
-            message = "latest state restored",
-            vehicles = restored,
-            elapsed_ms = started.elapsed().as_millis() as u64
-        );
+        restore_state(history.as_ref(), state.as_ref())?;
 
         let n = config.worker_count();
         let (transport, receivers) = InProcessTransport::new(n, config.queue_fixes);
@@ -177,6 +158,62 @@ impl Engine {
         })
     }
 
+    /// The engine of a scale-out process (`kickstand serve`): the given transport (RabbitMQ),
+    /// state (Redis) and history (PostgreSQL), and no in-process workers — the RabbitMQ consumer
+    /// is the worker. With `keeper` (the worker role) it also runs history upkeep and keeps a
+    /// shared state store primed: whenever the store says it is empty (new, restarted or
+    /// flushed), it is rebuilt from history within a second or so. An in-memory state is
+    /// restored here, as in [`Engine::start`].
+    pub fn assemble(
+        transport: Arc<dyn Transport>,
+        state: Arc<dyn StateStore>,
+        history: Arc<dyn HistoryStore>,
+        config: EngineConfig,
+        keeper: bool,
+    ) -> Result<Engine, EngineError> {
+        config.span()?;
+        if state.is_primed().map_err(|e| EngineError::State(e.0))? && state.len().unwrap_or(0) == 0
+        {
+            restore_state(history.as_ref(), state.as_ref())?;
+        }
+        let (stop_tx, stop_rx) = crossbeam_channel::bounded::<()>(0);
+        let upkeep = if keeper {
+            let history = history.clone();
+            let state = state.clone();
+            let interval = Duration::from_secs(config.maintenance_interval_secs.max(1));
+            let retain_ms = i64::from(config.retain_days) * 86_400_000;
+            Some(
+                std::thread::Builder::new()
+                    .name("upkeep".into())
+                    .spawn(move || {
+                        let mut last_upkeep = Instant::now();
+                        loop {
+                            match stop_rx.recv_timeout(Duration::from_secs(1)) {
+                                Err(crossbeam_channel::RecvTimeoutError::Timeout) => {}
+                                _ => return,
+                            }
+                            keep_primed(history.as_ref(), state.as_ref());
+                            if last_upkeep.elapsed() >= interval {
+                                upkeep_pass(history.as_ref(), retain_ms);
+                                last_upkeep = Instant::now();
+                            }
+                        }
+                    })?,
+            )
+        } else {
+            None
+        };
+        Ok(Engine {
+            transport,
+            state,
+            history,
+            config,
+            workers: parking_lot::Mutex::new(Vec::new()),
+            stop_upkeep: parking_lot::Mutex::new(Some(stop_tx)),
+            upkeep: parking_lot::Mutex::new(upkeep),
+        })
+    }
+
     /// Stops accepting, lets the workers drain their queues and checkpoint, and waits for them.
     /// Blocks until done; idempotent.
     pub fn shutdown(&self) {
@@ -190,6 +227,63 @@ impl Engine {
             let _ = u.join();
         }
         tracing::info!(message = "engine stopped; history flushed");
+    }
+}
+
+/// Fills `state` with the newest fix of every vehicle in `history`. Never moves a vehicle back
+/// in time (the store keeps the newer of what it holds and what is applied), so it is safe
+/// while workers write.
+pub fn restore_state(
+    history: &dyn HistoryStore,
+    state: &dyn StateStore,
+) -> Result<usize, EngineError> {
+    let started = Instant::now();
+    let mut restored = 0usize;
+    let mut batch = Vec::with_capacity(4096);
+    let mut failed = None;
+    history.for_each_latest(&mut |vehicle_id, point| {
+        batch.push(kickstand_domain::Fix { vehicle_id, point });
+        if batch.len() == 4096 {
+            if let Err(e) = state.apply(&batch)
+                && failed.is_none()
+            {
+                failed = Some(e);
+            }
+            restored += batch.len();
+            batch.clear();
+        }
+    })?;
+    restored += batch.len();
+    if let Some(e) = failed {
+        return Err(EngineError::State(e.0));
+    }
+    state.apply(&batch).map_err(|e| EngineError::State(e.0))?;
+    tracing::info!(
+        message = "latest state restored from history",
+        vehicles = restored,
+        elapsed_ms = started.elapsed().as_millis() as u64
+    );
+    Ok(restored)
+}
+
+/// Rebuilds a shared state store that lost its contents (see [`StateStore::is_primed`]).
+fn keep_primed(history: &dyn HistoryStore, state: &dyn StateStore) {
+    match state.is_primed() {
+        Ok(true) => {}
+        Ok(false) => {
+            tracing::warn!(
+                message = "the latest-state store is empty (new, restarted or flushed); rebuilding it from history"
+            );
+            match restore_state(history, state)
+                .and_then(|_| state.mark_primed().map_err(|e| EngineError::State(e.0)))
+            {
+                Ok(()) => {}
+                Err(error) => {
+                    tracing::error!(message = "rebuilding the latest state failed; retrying", %error)
+                }
+            }
+        }
+        Err(error) => tracing::debug!(message = "latest-state store unavailable", %error),
     }
 }
 

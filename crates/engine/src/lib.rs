@@ -11,6 +11,8 @@
 //!   spatial grid.
 //! - [`history`]: the history port ([`history::HistoryStore`]) and the embedded store: a
 //!   write-ahead log in front of the fjall LSM engine, time-bucketed columnar chunks.
+//! - [`rabbitmq`]: the scale-out transport: ingest publishes to durable shard queues with
+//!   publisher confirms, workers consume them (single active consumer per shard).
 //! - [`engine`]: wiring, start-up (restore) and shutdown (drain and flush).
 //! - [`metrics`]: metric names.
 //!
@@ -20,6 +22,7 @@
 pub mod engine;
 pub mod history;
 pub mod metrics;
+pub mod rabbitmq;
 pub mod state;
 #[doc(hidden)]
 pub mod testing;

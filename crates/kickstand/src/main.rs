@@ -12,6 +12,7 @@ mod export;
 mod history_cmd;
 mod keys;
 mod mqtt;
+mod serve;
 mod server;
 mod settings;
 mod sim;
@@ -41,6 +42,9 @@ struct Cli {
 enum Command {
     /// Run the whole service in one process on embedded defaults.
     Run(RunArgs),
+    /// Run some roles (ingest, worker, api) as one process of a scale-out deployment on
+    /// RabbitMQ, Redis and PostgreSQL (see docs/scale-out.md).
+    Serve(ServeArgs),
     /// Export history as NDJSON or GeoJSON (the server must not be running on the directory).
     Export(export::ExportArgs),
     /// History stores: copy a history between the embedded store, PostgreSQL and MongoDB.
@@ -71,6 +75,25 @@ struct RunArgs {
     #[arg(long, value_name = "N")]
     demo: Option<usize>,
     /// API keys: `on` (default) or `off` (loopback addresses only, for local development).
+    #[arg(long, value_name = "on|off")]
+    auth: Option<OnOff>,
+}
+
+#[derive(clap::Args)]
+struct ServeArgs {
+    /// The roles of this process, comma-separated: ingest, worker, api.
+    #[arg(long, value_delimiter = ',', required = true)]
+    role: Vec<serve::Role>,
+    /// Address to listen on (health, metrics, the API) [default: 127.0.0.1:8080].
+    #[arg(long)]
+    listen: Option<SocketAddr>,
+    /// Data directory (API keys, MQTT dead letters) [default: ./kickstand-data].
+    #[arg(long)]
+    data: Option<PathBuf>,
+    /// TOML settings file (see kickstand.example.toml).
+    #[arg(long, env = "KICKSTAND_CONFIG")]
+    config: Option<PathBuf>,
+    /// API keys: `on` (default) or `off` (loopback addresses only).
     #[arg(long, value_name = "on|off")]
     auth: Option<OnOff>,
 }
@@ -106,6 +129,21 @@ fn main() -> anyhow::Result<()> {
                     demo: args.demo.unwrap_or(0),
                 },
             )
+        }
+        Command::Serve(args) => {
+            let mut flags = Figment::new();
+            if let Some(l) = args.listen {
+                flags = flags.merge(Serialized::default("listen", l.to_string()));
+            }
+            if let Some(d) = args.data {
+                flags = flags.merge(Serialized::default("data_dir", d));
+            }
+            if let Some(a) = args.auth {
+                flags = flags.merge(Serialized::default("auth.enabled", matches!(a, OnOff::On)));
+            }
+            let settings = settings::Settings::load(args.config.as_deref(), flags)?;
+            server::init_tracing(&settings.log)?;
+            serve::run_blocking(settings, args.role.into_iter().collect())
         }
         Command::Export(args) => export::run(args),
         Command::Bench(args) => bench::run(args),

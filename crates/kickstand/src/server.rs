@@ -59,23 +59,61 @@ pub async fn serve(
     keys: Option<Arc<KeyStore>>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let app = router(AppState::new(
-        engine.clone(),
-        http,
-        map,
-        keys,
-        metrics_handle(),
-    ));
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await
-        .context("HTTP server failed")?;
+    serve_http(listener, engine.clone(), http, map, keys, shutdown).await?;
     tracing::info!(message = "HTTP server stopped; draining the pipeline");
     tokio::task::spawn_blocking(move || engine.shutdown()).await?;
     Ok(())
 }
 
-async fn shutdown_signal() {
+/// Serves the API on `listener` until `shutdown` resolves and the requests in flight are
+/// answered; leaves the engine running.
+pub async fn serve_http(
+    listener: TcpListener,
+    engine: Arc<Engine>,
+    http: HttpConfig,
+    map: MapConfig,
+    keys: Option<Arc<KeyStore>>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let app = router(AppState::new(engine, http, map, keys, metrics_handle()));
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await
+        .context("HTTP server failed")
+}
+
+/// Opens the API keys of `settings.data_dir` (or none when authentication is off) and prints the
+/// line that tells the person who started the server where it runs. The first start on a new
+/// data directory creates an admin key and prints a URL that carries it, the way notebook servers
+/// do; later starts print the plain URL.
+pub fn open_keys(
+    settings: &Settings,
+    addr: std::net::SocketAddr,
+) -> anyhow::Result<Option<Arc<KeyStore>>> {
+    let data = settings.data_dir.display();
+    if settings.auth.enabled {
+        let store = KeyStore::open(KeyStore::path_in(&settings.data_dir))?;
+        if store.is_empty() {
+            let (_, token) = store.create("admin (first run)", &[Scope::Admin])?;
+            say!("Kickstand is running: http://{addr}/?token={token}  (data in {data})");
+            say!("This admin key is shown once; create more with `kickstand key create`.");
+        } else {
+            say!(
+                "Kickstand is running: http://{addr}/  (data in {data}; open it with ?token=<an API key>)"
+            );
+        }
+        Ok(Some(Arc::new(store)))
+    } else {
+        say!("Kickstand is running: http://{addr}/  (data in {data}; authentication is OFF)");
+        tracing::warn!(
+            message =
+                "authentication is off: anyone who can reach the port can read and write the fleet"
+        );
+        Ok(None)
+    }
+}
+
+pub async fn shutdown_signal() {
     let ctrl_c = async {
         let _ = tokio::signal::ctrl_c().await;
     };
@@ -146,23 +184,7 @@ pub fn run_blocking(settings: Settings, options: RunOptions) -> anyhow::Result<(
             .with_context(|| format!("cannot listen on {}", settings.listen))?;
         let addr = listener.local_addr()?;
         tracing::info!(message = "kickstand is running", %addr, data_dir = %settings.data_dir.display(), workers = settings.engine.worker_count());
-        // Keys: the first run on a new data directory creates an admin key and prints a URL
-        // that carries it, the way notebook servers do; later runs print the plain URL.
-        let keys = if settings.auth.enabled {
-            let store = KeyStore::open(KeyStore::path_in(&settings.data_dir))?;
-            if store.is_empty() {
-                let (_, token) = store.create("admin (first run)", &[Scope::Admin])?;
-                say!("Kickstand is running: http://{addr}/?token={token}  (data in {})", settings.data_dir.display());
-                say!("This admin key is shown once; create more with `kickstand key create`.");
-            } else {
-                say!("Kickstand is running: http://{addr}/  (data in {}; open it with ?token=<an API key>)", settings.data_dir.display());
-            }
-            Some(Arc::new(store))
-        } else {
-            say!("Kickstand is running: http://{addr}/  (data in {}; authentication is OFF)", settings.data_dir.display());
-            tracing::warn!(message = "authentication is off: anyone who can reach the port can read and write the fleet");
-            None
-        };
+        let keys = open_keys(&settings, addr)?;
         if options.demo > 0 {
             tracing::info!(message = "demo fleet started", vehicles = options.demo);
             tokio::spawn(demo_fleet(engine.clone(), options.demo));

@@ -7,6 +7,8 @@ use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
 use kickstand_engine::EngineConfig;
 use kickstand_engine::history::{HistoryConfig, HistoryKind};
+use kickstand_engine::rabbitmq::{TransportConfig, TransportKind};
+use kickstand_engine::state::{StateConfig, StateKind};
 use kickstand_http::{HttpConfig, MapConfig};
 use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
@@ -26,6 +28,10 @@ pub struct Settings {
     pub map: MapConfig,
     pub auth: AuthSettings,
     pub mqtt: crate::mqtt::MqttSettings,
+    /// How fixes travel from ingest to the workers (`kickstand serve`: RabbitMQ).
+    pub transport: TransportConfig,
+    /// Where the latest state lives (`kickstand serve`: Redis, shared by every process).
+    pub state: StateConfig,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize)]
@@ -73,6 +79,8 @@ impl Default for Settings {
             map: MapConfig::default(),
             auth: AuthSettings::default(),
             mqtt: crate::mqtt::MqttSettings::default(),
+            transport: TransportConfig::default(),
+            state: StateConfig::default(),
         }
     }
 }
@@ -135,6 +143,18 @@ impl Settings {
             "http.body_limit_bytes must be at least 1024"
         );
         self.mqtt.validate()?;
+        if self.transport.kind == TransportKind::Rabbitmq {
+            self.transport
+                .rabbitmq
+                .validate()
+                .map_err(|e| anyhow::anyhow!("transport.rabbitmq: {e}"))?;
+        }
+        if self.state.kind == StateKind::Redis {
+            anyhow::ensure!(
+                !self.state.redis.url.trim().is_empty() && self.state.redis.pool_size > 0,
+                "state.redis: url must be set and pool_size positive"
+            );
+        }
         anyhow::ensure!(
             matches!(self.log.format.as_str(), "text" | "json"),
             "log.format must be text or json"

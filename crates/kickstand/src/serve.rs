@@ -1,0 +1,191 @@
+//! `kickstand serve --role ingest,worker,api`: the same code as `kickstand run`, split into
+//! processes that share RabbitMQ (transport), Redis (latest state) and PostgreSQL or MongoDB
+//! (history). See docs/scale-out.md.
+//!
+//! Every serve process answers HTTP on `listen` (health, metrics, and the API when it can reach
+//! the state and history stores). The roles decide what else it does:
+//!
+//! - `ingest`: HTTP and MQTT ingest publish to RabbitMQ and answer the device once the broker
+//!   confirmed. Without it, ingest requests are refused with 503.
+//! - `worker`: consumes the shard queues, writes history and the latest state, acks; runs history
+//!   upkeep and rebuilds an emptied Redis from history.
+//! - `api`: the query API, the live stream and the map (stateless: everything comes from Redis
+//!   and the history store).
+
+use crate::server::{metrics_handle, open_keys, serve_http, shutdown_signal};
+use crate::settings::Settings;
+use anyhow::Context;
+use kickstand_engine::Engine;
+use kickstand_engine::rabbitmq::TransportKind;
+use kickstand_engine::rabbitmq::consumer::{self, WorkerPorts};
+use kickstand_engine::rabbitmq::publisher::RabbitTransport;
+use kickstand_engine::state::redis::RedisState;
+use kickstand_engine::state::{MemoryState, StateKind, StateStore};
+use kickstand_engine::transport::{SubmitError, SubmitFuture, Transport};
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, clap::ValueEnum)]
+pub enum Role {
+    Ingest,
+    Worker,
+    Api,
+}
+
+/// The transport of a process without the ingest role.
+struct NoIngest;
+
+impl Transport for NoIngest {
+    fn submit(&self, _: Vec<kickstand_domain::Fix>) -> SubmitFuture {
+        Box::pin(async {
+            Err(SubmitError::Storage(
+                "this process does not run the ingest role; send fixes to an ingest node".into(),
+            ))
+        })
+    }
+    fn queue_depth(&self) -> usize {
+        0
+    }
+    fn capacity(&self) -> usize {
+        0
+    }
+    fn close(&self) {}
+}
+
+pub fn run_blocking(settings: Settings, roles: BTreeSet<Role>) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        !roles.is_empty(),
+        "give at least one --role (ingest, worker, api)"
+    );
+    anyhow::ensure!(
+        settings.transport.kind == TransportKind::Rabbitmq,
+        "`kickstand serve` runs on RabbitMQ: set [transport] kind = \"rabbitmq\" \
+         (KICKSTAND_TRANSPORT__KIND=rabbitmq); for one process on embedded defaults use `kickstand run`"
+    );
+    let all = roles.len() == 3;
+    anyhow::ensure!(
+        settings.state.kind == StateKind::Redis || all,
+        "processes with only some of the roles share the latest state through Redis: set [state] \
+         kind = \"redis\" (KICKSTAND_STATE__KIND=redis)"
+    );
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(serve(settings, roles))
+}
+
+async fn serve(settings: Settings, roles: BTreeSet<Role>) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&settings.data_dir).with_context(|| {
+        format!(
+            "cannot create data directory {}",
+            settings.data_dir.display()
+        )
+    })?;
+    let span = settings.engine.span()?;
+    let history = {
+        let (cfg, dir, retain) = (
+            settings.history.clone(),
+            settings.data_dir.clone(),
+            settings.engine.retain_days,
+        );
+        tokio::task::spawn_blocking(move || {
+            kickstand_engine::history::open(&cfg, &dir, span, retain)
+        })
+        .await?
+        .with_context(|| format!("cannot open the {:?} history store", settings.history.kind))?
+    };
+    let state: Arc<dyn StateStore> = match settings.state.kind {
+        StateKind::Memory => Arc::new(MemoryState::default()),
+        StateKind::Redis => {
+            let cfg = settings.state.redis.clone();
+            Arc::new(
+                tokio::task::spawn_blocking(move || RedisState::open(&cfg))
+                    .await?
+                    .context("cannot open the Redis latest-state store")?,
+            )
+        }
+    };
+    let ingest = roles.contains(&Role::Ingest);
+    let worker = roles.contains(&Role::Worker);
+    let rabbit = if ingest {
+        let t = Arc::new(RabbitTransport::start(settings.transport.rabbitmq.clone()));
+        if !t.wait_connected(Duration::from_secs(5)).await {
+            tracing::warn!(message = "RabbitMQ is not reachable yet; ingest answers 503 until it is", url = %settings.transport.rabbitmq.redacted_url());
+        }
+        Some(t)
+    } else {
+        None
+    };
+    let transport: Arc<dyn Transport> = match &rabbit {
+        Some(t) => t.clone(),
+        None => Arc::new(NoIngest),
+    };
+    let engine = {
+        let (state, history, cfg) = (state.clone(), history.clone(), settings.engine.clone());
+        let transport = transport.clone();
+        tokio::task::spawn_blocking(move || {
+            Engine::assemble(transport, state, history, cfg, worker)
+        })
+        .await?
+        .context("cannot start the engine")?
+    };
+    let engine = Arc::new(engine);
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let consumer = worker.then(|| {
+        tokio::spawn(consumer::run(
+            settings.transport.rabbitmq.clone(),
+            WorkerPorts {
+                history: history.clone(),
+                state: state.clone(),
+                group_max_fixes: settings.engine.group_max_fixes,
+            },
+            stop_rx.clone(),
+        ))
+    });
+    let mqtt = if ingest && settings.mqtt.enabled {
+        let dead = Arc::new(crate::mqtt::DeadLetters::open(&settings.data_dir)?);
+        tracing::info!(message = "mqtt ingest started", host = %settings.mqtt.host, port = settings.mqtt.port, topic = %settings.mqtt.topic);
+        Some(tokio::spawn(crate::mqtt::run(
+            settings.mqtt.clone(),
+            transport.clone(),
+            dead,
+            stop_rx.clone(),
+        )))
+    } else {
+        None
+    };
+    let listener = TcpListener::bind(settings.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", settings.listen))?;
+    let addr = listener.local_addr()?;
+    let names: Vec<String> = roles
+        .iter()
+        .map(|r| format!("{r:?}").to_lowercase())
+        .collect();
+    tracing::info!(message = "kickstand serve is running", %addr, roles = %names.join(","), history = ?settings.history.kind, state = ?settings.state.kind);
+    let keys = open_keys(&settings, addr)?;
+    let _ = metrics_handle();
+    let result = serve_http(
+        listener,
+        engine.clone(),
+        settings.http.clone(),
+        settings.map.clone(),
+        keys,
+        shutdown_signal(),
+    )
+    .await;
+    // Ingest stops first (nothing new is confirmed to devices), then the workers finish the
+    // groups in hand and ack them; unacked messages stay in RabbitMQ for the next worker.
+    let _ = stop_tx.send(true);
+    if let Some(m) = mqtt {
+        let _ = tokio::time::timeout(Duration::from_secs(10), m).await;
+    }
+    if let Some(c) = consumer {
+        let _ = tokio::time::timeout(Duration::from_secs(35), c).await;
+    }
+    tokio::task::spawn_blocking(move || engine.shutdown()).await?;
+    tracing::info!(message = "kickstand serve stopped");
+    result
+}
