@@ -32,6 +32,10 @@ pub enum SubmitError {
     /// Storage failed; the submission may be retried (appends are idempotent).
     #[error("storage failed: {0}")]
     Storage(String),
+    /// The transport cannot take fixes now, for the reason given (the message broker is
+    /// unreachable; this process does not ingest). Said to the client as it is.
+    #[error("{0}")]
+    Unavailable(String),
 }
 
 pub type SubmitFuture = Pin<Box<dyn Future<Output = Result<SubmitOutcome, SubmitError>> + Send>>;

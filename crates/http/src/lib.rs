@@ -353,6 +353,9 @@ async fn ingest_inner(app: &AppState, req: Request) -> Result<Response, Problem>
                 app.config.retry_after_secs,
             ),
             SubmitError::ShuttingDown => Problem::unavailable("the server is shutting down", 5),
+            SubmitError::Unavailable(detail) => {
+                Problem::unavailable(detail, app.config.retry_after_secs)
+            }
             SubmitError::Storage(detail) => {
                 tracing::error!(message = "ingest failed in storage", %detail);
                 Problem::unavailable(

@@ -290,7 +290,7 @@ async fn handle(publish: &Publish, transport: &dyn Transport, dead: &DeadLetters
             }
             // Not acked: the broker resends it after a restart.
             Err(SubmitError::ShuttingDown) => return false,
-            Err(SubmitError::Full) | Err(SubmitError::Storage(_)) => {
+            Err(SubmitError::Full | SubmitError::Storage(_) | SubmitError::Unavailable(_)) => {
                 metrics::counter!(m::INGEST_BACKPRESSURE_TOTAL).increment(1);
                 tokio::time::sleep(pause).await;
                 pause = (pause * 2).min(Duration::from_secs(5));

@@ -40,7 +40,7 @@ struct NoIngest;
 impl Transport for NoIngest {
     fn submit(&self, _: Vec<kickstand_domain::Fix>) -> SubmitFuture {
         Box::pin(async {
-            Err(SubmitError::Storage(
+            Err(SubmitError::Unavailable(
                 "this process does not run the ingest role; send fixes to an ingest node".into(),
             ))
         })

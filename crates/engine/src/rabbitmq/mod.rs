@@ -130,6 +130,15 @@ impl RabbitConfig {
         format!("{}.dead", self.queue_prefix)
     }
 
+    /// The connection arguments of `url`.
+    pub fn connection_args(&self) -> AmqpResult<OpenConnectionArguments> {
+        let mut args = OpenConnectionArguments::try_from(self.url.as_str())
+            .map_err(|e| format!("bad RabbitMQ URL: {e}"))?;
+        // amqprs takes the vhost verbatim; the AMQP URI spec percent-encodes it (`%2f` is `/`).
+        args.virtual_host(&vhost_of(&self.url));
+        Ok(args)
+    }
+
     /// The URL without its password, for messages.
     pub fn redacted_url(&self) -> String {
         redact(&self.url)
@@ -145,6 +154,35 @@ fn redact(url: &str) -> String {
         }
         _ => url.to_owned(),
     }
+}
+
+/// The vhost of an AMQP URI, percent-decoded; `/` when the URI names none.
+fn vhost_of(url: &str) -> String {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    let path = match rest.split_once('/') {
+        Some((_, p)) => p.split(['?', '#']).next().unwrap_or(""),
+        None => return "/".into(),
+    };
+    if path.is_empty() {
+        return "/".into();
+    }
+    let b = path.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let hex = |c: u8| (c as char).to_digit(16);
+        if b[i] == b'%'
+            && i + 2 < b.len()
+            && let (Some(h), Some(l)) = (hex(b[i + 1]), hex(b[i + 2]))
+        {
+            out.push((h * 16 + l) as u8);
+            i += 3;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// Errors of the RabbitMQ transport, as text: they end up in logs and 503 bodies.
@@ -191,8 +229,7 @@ pub(crate) async fn connect(
     name: &str,
     broken: &Broken,
 ) -> AmqpResult<Connection> {
-    let mut args = OpenConnectionArguments::try_from(cfg.url.as_str())
-        .map_err(|e| format!("bad RabbitMQ URL: {e}"))?;
+    let mut args = cfg.connection_args()?;
     args.connection_name(name).heartbeat(10);
     let conn = tokio::time::timeout(Duration::from_secs(5), Connection::open(&args))
         .await
@@ -267,6 +304,28 @@ pub(crate) async fn declare_topology(cfg: &RabbitConfig, channel: &Channel) -> A
     Ok(())
 }
 
+/// Deletes every queue of the deployment (shards, dead letters, presence), messages included.
+/// For tests and for `queue_prefix` changes; never called by the server.
+pub async fn delete_topology(cfg: &RabbitConfig) -> AmqpResult<()> {
+    let broken = Broken::default();
+    let conn = connect(cfg, "kickstand-admin", &broken).await?;
+    let channel = conn
+        .open_channel(None)
+        .await
+        .map_err(amqp_err("open channel"))?;
+    let mut queues: Vec<String> = (0..cfg.shards).map(|s| cfg.shard_queue(s)).collect();
+    queues.push(cfg.dead_letter_queue());
+    queues.push(format!("{}.workers", cfg.queue_prefix));
+    for q in queues {
+        channel
+            .queue_delete(amqprs::channel::QueueDeleteArguments::new(&q))
+            .await
+            .map_err(amqp_err("delete queue"))?;
+    }
+    let _ = conn.close().await;
+    Ok(())
+}
+
 /// Delivery-tag bookkeeping of a channel in confirm mode: the n-th published message has tag n,
 /// and the broker's `basic.ack`/`basic.nack` (possibly `multiple`) settle them.
 #[derive(Default)]
@@ -320,10 +379,8 @@ impl Confirms {
     /// The channel is gone: every message not yet confirmed is reported lost.
     pub(crate) fn fail_all(&self) {
         let mut s = self.state.lock();
-        for slot in s.pending.drain(..) {
-            if let Some(tx) = slot {
-                let _ = tx.send(false);
-            }
+        for tx in s.pending.drain(..).flatten() {
+            let _ = tx.send(false);
         }
     }
 }
@@ -482,5 +539,11 @@ mod tests {
         };
         assert!(cfg.validate().is_err());
         assert_eq!(cfg.shard_queue(3), "kickstand.shard.3");
+        assert_eq!(vhost_of("amqp://u:p@h:5672/%2f"), "/");
+        assert_eq!(vhost_of("amqp://u:p@h:5672/fleet%2Dprod"), "fleet-prod");
+        assert_eq!(vhost_of("amqp://u:p@h:5672/plain?heartbeat=5"), "plain");
+        assert_eq!(vhost_of("amqp://h:5672"), "/");
+        assert_eq!(vhost_of("amqp://h/"), "/");
+        assert_eq!(vhost_of("amqp://h/%zz"), "%zz");
     }
 }

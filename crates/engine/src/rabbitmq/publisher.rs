@@ -4,7 +4,7 @@
 //! A background task owns the connection: it connects, declares the topology, opens one
 //! confirm-mode channel, and on any loss fails every unconfirmed submission (ingest answers
 //! 503; the client's retry is idempotent downstream), then reconnects with backoff. While it is
-//! disconnected, `submit` fails at once with [`SubmitError::Storage`] (503 with `Retry-After`).
+//! disconnected, `submit` fails at once with [`SubmitError::Unavailable`] (503 with `Retry-After`).
 
 use super::{
     AmqpResult, Backoff, Broken, ConfirmedChannel, RabbitConfig, connect, declare_topology,
@@ -121,8 +121,8 @@ impl Transport for RabbitTransport {
         }
         let Some(link) = inner.link.read().clone() else {
             return Box::pin(async {
-                Err(SubmitError::Storage(
-                    "the message broker is unreachable".into(),
+                Err(SubmitError::Unavailable(
+                    "the message broker is unreachable; retry later".into(),
                 ))
             });
         };

@@ -14,8 +14,55 @@ use crate::FastMap;
 use kickstand_domain::geo::{self, BBox};
 use kickstand_domain::{Fix, Point, VehicleId, VehicleState};
 use parking_lot::RwLock;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
+
+pub mod redis;
+
+/// Which latest-state store to run, and its settings.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StateConfig {
+    pub kind: StateKind,
+    /// Used when `kind` is `redis`.
+    pub redis: RedisStateConfig,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StateKind {
+    /// [`MemoryState`], rebuilt from history at every start.
+    #[default]
+    Memory,
+    /// [`redis::RedisState`], shared by every process of a deployment.
+    Redis,
+}
+
+/// Settings of [`redis::RedisState`].
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RedisStateConfig {
+    /// `redis://[user:password@]host:port/db`.
+    pub url: String,
+    /// Every key of the store lives under `{<key_prefix>}:` (one hash tag, so one cluster
+    /// slot). Two deployments sharing a server need different prefixes.
+    pub key_prefix: String,
+    /// Connections kept open at most.
+    pub pool_size: usize,
+    /// Connect, read and write timeout of every round trip, in milliseconds.
+    pub timeout_ms: u64,
+}
+
+impl Default for RedisStateConfig {
+    fn default() -> Self {
+        RedisStateConfig {
+            url: "redis://127.0.0.1:6379/0".into(),
+            key_prefix: "kickstand".into(),
+            pool_size: 8,
+            timeout_ms: 2000,
+        }
+    }
+}
 
 /// A vehicle and its newest fix.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -107,6 +154,9 @@ pub trait StateStore: Send + Sync + 'static {
         out: &mut Vec<VehicleView>,
     ) -> StateResult<u64>;
     fn len(&self) -> StateResult<usize>;
+    fn is_empty(&self) -> StateResult<bool> {
+        Ok(self.len()? == 0)
+    }
     /// Whether the store holds the fleet: false for a shared store that is new or was emptied
     /// (a Redis restart or flush) and must be rebuilt from history. Always true in memory, which
     /// the engine fills at start.
@@ -421,6 +471,10 @@ impl MemoryState {
             }
         }
         s
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 
     pub fn len(&self) -> usize {
