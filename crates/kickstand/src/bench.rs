@@ -58,12 +58,16 @@ pub struct BenchArgs {
     history: crate::bench_history::HistoryBenchArgs,
     #[command(flatten)]
     mqtt: crate::bench_mqtt::MqttBenchArgs,
+    #[command(flatten)]
+    scaleout: crate::bench_scaleout::ScaleoutBenchArgs,
     /// Keep the temporary directory (its path is printed).
     #[arg(long)]
     keep: bool,
-    /// Run only these phases (comma-separated: ingest, track, storage, state, history, mqtt); the
-    /// latest and near queries run with ingest, against the fleet it loaded. `history` compares
-    /// the history backends directly (see --history-backends).
+    /// Run only these phases (comma-separated: ingest, track, storage, state, history, mqtt,
+    /// scaleout); the latest and near queries run with ingest, against the fleet it loaded.
+    /// `history` compares the history backends directly (see --history-backends); `scaleout`
+    /// sends the ingest phase's load through separate ingest and worker processes on RabbitMQ,
+    /// Redis and PostgreSQL.
     #[arg(
         long,
         value_delimiter = ',',
@@ -78,7 +82,7 @@ fn now_ms() -> i64 {
         .map_or(0, |d| d.as_millis() as i64)
 }
 
-fn percentile(sorted: &[f64], p: f64) -> f64 {
+pub(crate) fn percentile(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {
         return f64::NAN;
     }
@@ -173,15 +177,15 @@ fn generate(
     (bodies, fixes)
 }
 
-struct LoadResult {
-    accepted: u64,
-    elapsed: Duration,
-    latencies_ms: Vec<f64>,
-    retries: u64,
+pub(crate) struct LoadResult {
+    pub accepted: u64,
+    pub elapsed: Duration,
+    pub latencies_ms: Vec<f64>,
+    pub retries: u64,
 }
 
 /// Sends every body over `connections` connections; retries a 503 after a short pause.
-async fn load(
+pub(crate) async fn load(
     addr: SocketAddr,
     bodies: Arc<Vec<Bytes>>,
     connections: usize,
@@ -323,6 +327,19 @@ async fn run_async(args: BenchArgs) -> anyhow::Result<()> {
     let phase = |name: &str| args.phases.iter().any(|p| p == name);
     if phase("ingest") {
         ingest_phases(&args, &tmp, &config, end, &mut figures).await?;
+    }
+    if phase("scaleout") {
+        let (bodies, fixes) = generate(args.vehicles, args.seconds, args.batch, end, args.seed);
+        let value = crate::bench_scaleout::run(
+            &args.scaleout,
+            &tmp.path().join("scaleout"),
+            Arc::new(bodies),
+            fixes,
+            args.vehicles,
+            args.connections,
+        )
+        .await?;
+        figures.insert("scaleout".into(), value);
     }
     if phase("track") {
         track_phase(&args, &tmp, &config, end, &mut figures).await?;

@@ -7,6 +7,7 @@ mod alloc;
 mod bench;
 mod bench_history;
 mod bench_mqtt;
+mod bench_scaleout;
 mod client;
 mod export;
 mod history_cmd;
