@@ -73,9 +73,9 @@ pub struct RabbitConfig {
     pub prefetch: u16,
     /// Most fixes in one message; a larger submission is split.
     pub max_fixes_per_message: usize,
-    /// Messages an ingest process may have published and not yet confirmed; beyond it ingest
+    /// Fixes an ingest process may have taken and not yet seen confirmed; beyond it ingest
     /// answers 503 (backpressure from a slow or blocked broker).
-    pub max_unconfirmed: usize,
+    pub max_unconfirmed_fixes: usize,
     /// How long ingest waits for the broker's confirm before answering 503.
     pub confirm_timeout_ms: u64,
     /// Deliveries after which the broker dead-letters a message (quorum queues).
@@ -93,7 +93,7 @@ impl Default for RabbitConfig {
             queue_type: QueueType::Quorum,
             prefetch: 64,
             max_fixes_per_message: 2_000,
-            max_unconfirmed: 4_096,
+            max_unconfirmed_fixes: 500_000,
             confirm_timeout_ms: 10_000,
             delivery_limit: 10,
             rebalance_interval_secs: 5,
@@ -111,9 +111,10 @@ impl RabbitConfig {
         if self.queue_prefix.is_empty() || self.queue_prefix.len() > 200 {
             return Err("queue_prefix must be 1 to 200 characters".into());
         }
-        if self.prefetch == 0 || self.max_fixes_per_message == 0 || self.max_unconfirmed == 0 {
+        if self.prefetch == 0 || self.max_fixes_per_message == 0 || self.max_unconfirmed_fixes == 0
+        {
             return Err(
-                "prefetch, max_fixes_per_message and max_unconfirmed must be positive".into(),
+                "prefetch, max_fixes_per_message and max_unconfirmed_fixes must be positive".into(),
             );
         }
         if self.delivery_limit == 0 {

@@ -1,6 +1,12 @@
 //! The ingest side: [`RabbitTransport`] publishes each submission to the shard queues of its
 //! vehicles and resolves once the broker has confirmed every message.
 //!
+//! **Coalescing:** submissions go to one batcher task, which takes everything that has arrived
+//! since its last publish, regroups it by shard and publishes one message per shard (up to
+//! `max_fixes_per_message`). Under load, many small submissions (single-fix MQTT messages, small
+//! HTTP batches) share messages and confirms; idle, a submission is published at once. Each
+//! submission resolves when every message that carries one of its fixes is confirmed.
+//!
 //! A background task owns the connection: it connects, declares the topology, opens one
 //! confirm-mode channel, and on any loss fails every unconfirmed submission (ingest answers
 //! 503; the client's retry is idempotent downstream), then reconnects with backoff. While it is
@@ -14,16 +20,26 @@ use kickstand_domain::{Fix, wire};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
 
 struct Inner {
     cfg: RabbitConfig,
     /// The live channel, or `None` while (re)connecting.
     link: parking_lot::RwLock<Option<Arc<ConfirmedChannel>>>,
-    /// The unconfirmed window, in messages.
+    /// The unconfirmed window, in fixes.
     window: Arc<Semaphore>,
     closed: AtomicBool,
     stop: tokio::sync::watch::Sender<bool>,
+    /// To the batcher.
+    queue: tokio::sync::mpsc::UnboundedSender<Pending>,
+}
+
+/// A submission waiting for the batcher.
+struct Pending {
+    fixes: Vec<Fix>,
+    reply: oneshot::Sender<Result<SubmitOutcome, SubmitError>>,
+    /// Room in the unconfirmed window, held until the reply.
+    _permit: OwnedSemaphorePermit,
 }
 
 /// The RabbitMQ transport of an ingest process.
@@ -31,19 +47,26 @@ pub struct RabbitTransport {
     inner: Arc<Inner>,
 }
 
+/// Most fixes one flush of the batcher takes.
+const FLUSH_MAX_FIXES: usize = 65_536;
+
 impl RabbitTransport {
-    /// Starts the connection task on the current tokio runtime. Returns at once; `submit` answers
-    /// 503 until the first connection is up ([`RabbitTransport::wait_connected`] waits for it).
+    /// Starts the connection and batcher tasks on the current tokio runtime. Returns at once;
+    /// `submit` answers 503 until the first connection is up ([`RabbitTransport::wait_connected`]
+    /// waits for it).
     pub fn start(cfg: RabbitConfig) -> RabbitTransport {
         let (stop, stopped) = tokio::sync::watch::channel(false);
+        let (queue, pending) = tokio::sync::mpsc::unbounded_channel();
         let inner = Arc::new(Inner {
-            window: Arc::new(Semaphore::new(cfg.max_unconfirmed)),
+            window: Arc::new(Semaphore::new(cfg.max_unconfirmed_fixes)),
             cfg,
             link: parking_lot::RwLock::new(None),
             closed: AtomicBool::new(false),
             stop,
+            queue,
         });
         tokio::spawn(supervise(inner.clone(), stopped));
+        tokio::spawn(batcher(inner.clone(), pending));
         RabbitTransport { inner }
     }
 
@@ -61,6 +84,114 @@ impl RabbitTransport {
 
     pub fn is_connected(&self) -> bool {
         self.inner.link.read().is_some()
+    }
+}
+
+/// Publishes what has arrived, by shard, and answers each submission once its messages are
+/// confirmed.
+async fn batcher(inner: Arc<Inner>, mut pending: tokio::sync::mpsc::UnboundedReceiver<Pending>) {
+    let shards = inner.cfg.shards;
+    let timeout = Duration::from_millis(inner.cfg.confirm_timeout_ms);
+    let mut parts: Vec<Vec<Fix>> = (0..shards).map(|_| Vec::new()).collect();
+    while let Some(first) = pending.recv().await {
+        let mut batch = vec![first];
+        let mut total = batch[0].fixes.len();
+        while total < FLUSH_MAX_FIXES {
+            match pending.try_recv() {
+                Ok(p) => {
+                    total += p.fixes.len();
+                    batch.push(p);
+                }
+                Err(_) => break,
+            }
+        }
+        let Some(link) = inner.link.read().clone() else {
+            for p in batch {
+                let _ = p.reply.send(Err(SubmitError::Unavailable(
+                    "the message broker is unreachable; retry later".into(),
+                )));
+            }
+            continue;
+        };
+        // Which messages carry each submission's fixes: by shard, then by chunk.
+        let mut sizes = Vec::with_capacity(batch.len());
+        let mut shards_of: Vec<Vec<usize>> = Vec::with_capacity(batch.len());
+        for p in &mut batch {
+            sizes.push(p.fixes.len());
+            let mut mine = Vec::new();
+            for fix in p.fixes.drain(..) {
+                let s = shard_of(&fix, shards);
+                if !mine.contains(&s) {
+                    mine.push(s);
+                }
+                parts[s].push(fix);
+            }
+            shards_of.push(mine);
+        }
+        let mut confirms: Vec<Vec<oneshot::Receiver<bool>>> =
+            (0..shards).map(|_| Vec::new()).collect();
+        let mut failed = None;
+        'publish: for (shard, part) in parts.iter_mut().enumerate() {
+            for chunk in part.chunks(inner.cfg.max_fixes_per_message) {
+                let mut body = Vec::with_capacity(chunk.len() * 40 + 8);
+                wire::encode(chunk, &mut body);
+                match link
+                    .publish(&inner.cfg.shard_queue(shard), body, None)
+                    .await
+                {
+                    Ok(rx) => confirms[shard].push(rx),
+                    Err(e) => {
+                        failed = Some(e);
+                        break 'publish;
+                    }
+                }
+            }
+            part.clear();
+        }
+        for part in &mut parts {
+            part.clear();
+        }
+        if let Some(e) = failed {
+            for p in batch {
+                let _ = p.reply.send(Err(SubmitError::Storage(e.clone())));
+            }
+            continue;
+        }
+        tokio::spawn(async move {
+            // One verdict per shard's messages of this flush.
+            let mut verdict: Vec<Option<SubmitError>> = Vec::with_capacity(shards);
+            let deadline = tokio::time::Instant::now() + timeout;
+            for rxs in confirms {
+                let mut v = None;
+                for rx in rxs {
+                    match tokio::time::timeout_at(deadline, rx).await {
+                        Ok(Ok(true)) => {}
+                        Ok(_) => {
+                            v = Some(SubmitError::Storage(
+                                "the broker did not take the fixes (connection lost or nacked)"
+                                    .into(),
+                            ));
+                        }
+                        Err(_) => {
+                            v = Some(SubmitError::Storage(
+                                "the broker did not confirm in time".into(),
+                            ));
+                        }
+                    }
+                }
+                verdict.push(v);
+            }
+            for ((p, n), mine) in batch.into_iter().zip(sizes).zip(shards_of) {
+                let err = mine.iter().find_map(|s| verdict[*s].clone());
+                let _ = p.reply.send(match err {
+                    Some(e) => Err(e),
+                    None => Ok(SubmitOutcome {
+                        accepted: n,
+                        duplicates: 0,
+                    }),
+                });
+            }
+        });
     }
 }
 
@@ -115,79 +246,42 @@ async fn supervise(inner: Arc<Inner>, mut stopped: tokio::sync::watch::Receiver<
 
 impl Transport for RabbitTransport {
     fn submit(&self, fixes: Vec<Fix>) -> SubmitFuture {
-        let inner = self.inner.clone();
+        let inner = &self.inner;
         if inner.closed.load(Ordering::Acquire) {
             return Box::pin(async { Err(SubmitError::ShuttingDown) });
         }
-        let Some(link) = inner.link.read().clone() else {
+        if inner.link.read().is_none() {
             return Box::pin(async {
                 Err(SubmitError::Unavailable(
                     "the message broker is unreachable; retry later".into(),
                 ))
             });
-        };
-        let cfg = &inner.cfg;
-        let n = fixes.len();
-        let mut parts: Vec<Vec<Fix>> = (0..cfg.shards).map(|_| Vec::new()).collect();
-        for fix in fixes {
-            parts[shard_of(&fix, cfg.shards)].push(fix);
         }
-        let mut messages = Vec::new();
-        for (shard, part) in parts.iter().enumerate() {
-            for chunk in part.chunks(cfg.max_fixes_per_message) {
-                let mut body = Vec::new();
-                wire::encode(chunk, &mut body);
-                messages.push((shard, body));
-            }
-        }
-        let Ok(permit) = inner
-            .window
-            .clone()
-            .try_acquire_many_owned(messages.len().min(cfg.max_unconfirmed) as u32)
-        else {
+        let want = fixes.len().min(inner.cfg.max_unconfirmed_fixes) as u32;
+        let Ok(permit) = inner.window.clone().try_acquire_many_owned(want) else {
             metrics::counter!(crate::metrics::INGEST_BACKPRESSURE_TOTAL).increment(1);
             return Box::pin(async { Err(SubmitError::Full) });
         };
+        let (reply, answer) = oneshot::channel();
+        let sent = inner.queue.send(Pending {
+            fixes,
+            reply,
+            _permit: permit,
+        });
         Box::pin(async move {
-            let _permit = permit;
-            let timeout = Duration::from_millis(inner.cfg.confirm_timeout_ms);
-            let mut confirms = Vec::with_capacity(messages.len());
-            for (shard, body) in messages {
-                let rx = link
-                    .publish(&inner.cfg.shard_queue(shard), body, None)
-                    .await
-                    .map_err(SubmitError::Storage)?;
-                confirms.push(rx);
+            if sent.is_err() {
+                return Err(SubmitError::ShuttingDown);
             }
-            let all = async {
-                for rx in confirms {
-                    if rx.await != Ok(true) {
-                        return false;
-                    }
-                }
-                true
-            };
-            match tokio::time::timeout(timeout, all).await {
-                Ok(true) => Ok(SubmitOutcome {
-                    accepted: n,
-                    duplicates: 0,
-                }),
-                Ok(false) => Err(SubmitError::Storage(
-                    "the broker did not take the fixes (connection lost or nacked)".into(),
-                )),
-                Err(_) => Err(SubmitError::Storage(
-                    "the broker did not confirm in time".into(),
-                )),
-            }
+            answer.await.map_err(|_| SubmitError::ShuttingDown)?
         })
     }
 
     fn queue_depth(&self) -> usize {
-        self.inner.cfg.max_unconfirmed - self.inner.window.available_permits()
+        self.inner.cfg.max_unconfirmed_fixes - self.inner.window.available_permits()
     }
 
     fn capacity(&self) -> usize {
-        self.inner.cfg.max_unconfirmed
+        self.inner.cfg.max_unconfirmed_fixes
     }
 
     fn close(&self) {
