@@ -48,8 +48,9 @@ impl Transport for NoIngest {
     fn queue_depth(&self) -> usize {
         0
     }
+    /// Never "nearly full": readiness of a node without ingest does not depend on it.
     fn capacity(&self) -> usize {
-        0
+        usize::MAX
     }
     fn close(&self) {}
 }
@@ -65,6 +66,11 @@ pub fn run_blocking(settings: Settings, roles: BTreeSet<Role>) -> anyhow::Result
          (KICKSTAND_TRANSPORT__KIND=rabbitmq); for one process on embedded defaults use `kickstand run`"
     );
     let all = roles.len() == 3;
+    anyhow::ensure!(
+        settings.history.kind != kickstand_engine::history::HistoryKind::Embedded || all,
+        "processes with only some of the roles share one history: set [history] kind = \"postgres\" \
+         (or \"mongodb\"); the embedded store is one process's files"
+    );
     anyhow::ensure!(
         settings.state.kind == StateKind::Redis || all,
         "processes with only some of the roles share the latest state through Redis: set [state] \

@@ -95,7 +95,7 @@ impl Default for RabbitConfig {
             max_fixes_per_message: 2_000,
             max_unconfirmed_fixes: 500_000,
             confirm_timeout_ms: 10_000,
-            delivery_limit: 10,
+            delivery_limit: 20,
             rebalance_interval_secs: 5,
         }
     }
