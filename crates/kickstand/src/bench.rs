@@ -76,7 +76,7 @@ pub struct BenchArgs {
     phases: Vec<String>,
 }
 
-fn now_ms() -> i64 {
+pub(crate) fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as i64)
@@ -332,6 +332,7 @@ async fn run_async(args: BenchArgs) -> anyhow::Result<()> {
         let (bodies, fixes) = generate(args.vehicles, args.seconds, args.batch, end, args.seed);
         let value = crate::bench_scaleout::run(
             &args.scaleout,
+            args.mqtt.mqtt_url.clone(),
             &tmp.path().join("scaleout"),
             Arc::new(bodies),
             fixes,

@@ -38,9 +38,8 @@ pub async fn run(
         .clone()
         .or_else(|| std::env::var("KICKSTAND_TEST_MQTT_URL").ok())
         .ok_or_else(|| anyhow::anyhow!("the mqtt phase needs --mqtt-url"))?;
-    let rest = url.strip_prefix("mqtt://").unwrap_or(&url);
-    let (host, port) = rest.rsplit_once(':').unwrap_or((rest, "1883"));
-    let port: u16 = port.trim_end_matches('/').parse()?;
+    let (host, port) = host_port(&url)?;
+    let host = host.as_str();
     let vehicles = 1000.min(args.mqtt_messages.max(1));
     let per_vehicle = args.mqtt_messages.div_ceil(vehicles);
     let start = end - per_vehicle as i64 * 1000;
@@ -74,59 +73,17 @@ pub async fn run(
     // Let the subscriptions settle: a shared subscription drops what arrives before it.
     tokio::time::sleep(Duration::from_millis(1500)).await;
 
-    // Payloads, made before the clock starts: vehicle v's fixes in time order.
-    let mut scooters: Vec<Scooter> = (0..vehicles)
-        .map(|i| Scooter::new(i, &SEOUL, seed))
-        .collect();
-    let mut per_publisher: Vec<Vec<(String, Vec<u8>)>> = vec![Vec::new(); args.mqtt_publishers];
-    let mut last = Vec::with_capacity(vehicles);
-    for t in 0..per_vehicle {
-        for (v, s) in scooters.iter_mut().enumerate() {
-            s.step(1.0, &SEOUL);
-            let f = s.fix(start + t as i64 * 1000, &SEOUL);
-            let body = json!({"vehicle_id": f.vehicle_id.as_str(), "ts": f.point.ts,
-                "lat": f.point.lat(), "lon": f.point.lon(), "state": "on_trip"});
-            // One vehicle always on one publisher, so its fixes arrive in order.
-            per_publisher[v % args.mqtt_publishers].push((
-                format!("{prefix}/{}/telemetry", f.vehicle_id),
-                body.to_string().into_bytes(),
-            ));
-            if t + 1 == per_vehicle {
-                last.push((f.vehicle_id.clone(), f.point.ts));
-            }
-        }
-    }
+    let (per_publisher, last) = payloads(
+        &prefix,
+        vehicles,
+        per_vehicle,
+        start,
+        seed,
+        args.mqtt_publishers,
+    );
     let total: usize = per_publisher.iter().map(Vec::len).sum();
     let started = Instant::now();
-    let mut publishers = Vec::new();
-    for (n, messages) in per_publisher.into_iter().enumerate() {
-        let mut options = MqttOptions::new(format!("{prefix}-pub-{n}"), host, port);
-        options.set_inflight(100);
-        let (client, mut events) = AsyncClient::new(options, 1000);
-        let count = messages.len();
-        publishers.push(tokio::spawn(async move {
-            let sender = tokio::spawn(async move {
-                for (topic, payload) in messages {
-                    client
-                        .publish(topic, QoS::AtLeastOnce, false, payload)
-                        .await?;
-                }
-                anyhow::Ok(client)
-            });
-            let mut acked = 0;
-            while acked < count {
-                if let Event::Incoming(Packet::PubAck(_)) = events.poll().await? {
-                    acked += 1;
-                }
-            }
-            let client = sender.await??;
-            let _ = client.try_disconnect();
-            anyhow::Ok(())
-        }));
-    }
-    for p in publishers {
-        p.await??;
-    }
+    publish_all(host, port, &prefix, per_publisher).await?;
     let published = started.elapsed();
     // Durable: every vehicle's state holds its last fix (state moves only after the commit).
     loop {
@@ -173,4 +130,89 @@ pub async fn run(
         "publishers": args.mqtt_publishers,
         "ingest_connections": args.mqtt_connections,
     }))
+}
+
+/// Messages per publisher (vehicle v's fixes in time order, on publisher v mod n) on topics
+/// `<prefix>/<vehicle>/telemetry`, and each vehicle's last (id, ts). Made before the clock starts.
+pub(crate) type Payloads = (
+    Vec<Vec<(String, Vec<u8>)>>,
+    Vec<(kickstand_domain::VehicleId, i64)>,
+);
+
+pub(crate) fn payloads(
+    prefix: &str,
+    vehicles: usize,
+    per_vehicle: usize,
+    start: i64,
+    seed: u64,
+    publishers: usize,
+) -> Payloads {
+    let mut scooters: Vec<Scooter> = (0..vehicles)
+        .map(|i| Scooter::new(i, &SEOUL, seed))
+        .collect();
+    let mut per_publisher: Vec<Vec<(String, Vec<u8>)>> = vec![Vec::new(); publishers];
+    let mut last = Vec::with_capacity(vehicles);
+    for t in 0..per_vehicle {
+        for (v, s) in scooters.iter_mut().enumerate() {
+            s.step(1.0, &SEOUL);
+            let f = s.fix(start + t as i64 * 1000, &SEOUL);
+            let body = json!({"vehicle_id": f.vehicle_id.as_str(), "ts": f.point.ts,
+                "lat": f.point.lat(), "lon": f.point.lon(), "state": "on_trip"});
+            // One vehicle always on one publisher, so its fixes arrive in order.
+            per_publisher[v % publishers].push((
+                format!("{prefix}/{}/telemetry", f.vehicle_id),
+                body.to_string().into_bytes(),
+            ));
+            if t + 1 == per_vehicle {
+                last.push((f.vehicle_id.clone(), f.point.ts));
+            }
+        }
+    }
+    (per_publisher, last)
+}
+
+/// Publishes every message with QoS 1 (100 in flight per connection) and waits for every PUBACK.
+pub(crate) async fn publish_all(
+    host: &str,
+    port: u16,
+    prefix: &str,
+    per_publisher: Vec<Vec<(String, Vec<u8>)>>,
+) -> anyhow::Result<()> {
+    let mut publishers = Vec::new();
+    for (n, messages) in per_publisher.into_iter().enumerate() {
+        let mut options = MqttOptions::new(format!("{prefix}-pub-{n}"), host, port);
+        options.set_inflight(100);
+        let (client, mut events) = AsyncClient::new(options, 1000);
+        let count = messages.len();
+        publishers.push(tokio::spawn(async move {
+            let sender = tokio::spawn(async move {
+                for (topic, payload) in messages {
+                    client
+                        .publish(topic, QoS::AtLeastOnce, false, payload)
+                        .await?;
+                }
+                anyhow::Ok(client)
+            });
+            let mut acked = 0;
+            while acked < count {
+                if let Event::Incoming(Packet::PubAck(_)) = events.poll().await? {
+                    acked += 1;
+                }
+            }
+            let client = sender.await??;
+            let _ = client.try_disconnect();
+            anyhow::Ok(())
+        }));
+    }
+    for p in publishers {
+        p.await??;
+    }
+    Ok(())
+}
+
+/// `mqtt://host:port` → (host, port).
+pub(crate) fn host_port(url: &str) -> anyhow::Result<(String, u16)> {
+    let rest = url.strip_prefix("mqtt://").unwrap_or(url);
+    let (host, port) = rest.rsplit_once(':').unwrap_or((rest, "1883"));
+    Ok((host.to_owned(), port.trim_end_matches('/').parse()?))
 }

@@ -36,6 +36,10 @@ pub struct ScaleoutBenchArgs {
     /// Worker processes of the scaleout phase.
     #[arg(long, default_value_t = 2)]
     pub scaleout_workers: usize,
+    /// Single-fix MQTT messages sent through the deployment after the HTTP load (0: none). The
+    /// broker is --mqtt-url or KICKSTAND_TEST_MQTT_URL.
+    #[arg(long, default_value_t = 100_000)]
+    pub scaleout_mqtt_messages: usize,
 }
 
 fn or_env(v: &Option<String>, var: &str, default: &str) -> String {
@@ -155,6 +159,7 @@ fn ticks(after_comm: &str) -> f64 {
 
 pub async fn run(
     args: &ScaleoutBenchArgs,
+    mqtt_url: Option<String>,
     dir: &Path,
     bodies: Arc<Vec<axum::body::Bytes>>,
     fixes: usize,
@@ -203,15 +208,32 @@ pub async fn run(
     .iter()
     .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
     .collect();
+    let mqtt = match mqtt_url.or_else(|| std::env::var("KICKSTAND_TEST_MQTT_URL").ok()) {
+        Some(url) if args.scaleout_mqtt_messages > 0 => Some(crate::bench_mqtt::host_port(&url)?),
+        _ => None,
+    };
+    let mut ingest_env = env.clone();
+    if let Some((host, port)) = &mqtt {
+        for (k, v) in [
+            ("KICKSTAND_MQTT__ENABLED", "true".to_owned()),
+            ("KICKSTAND_MQTT__HOST", host.clone()),
+            ("KICKSTAND_MQTT__PORT", port.to_string()),
+            ("KICKSTAND_MQTT__TOPIC", format!("{name}/+/telemetry")),
+            ("KICKSTAND_MQTT__SHARE_GROUP", name.clone()),
+            ("KICKSTAND_MQTT__CLIENT_ID", format!("{name}-ingest")),
+        ] {
+            ingest_env.push((k.to_owned(), v));
+        }
+    }
     eprintln!(
         "scaleout phase: 1 ingest and {} worker processes on RabbitMQ, Redis and PostgreSQL …",
         args.scaleout_workers
     );
     let result = async {
-        let (d, e) = (dir.to_path_buf(), env.clone());
+        let (d, e, ie) = (dir.to_path_buf(), env.clone(), ingest_env.clone());
         let n = args.scaleout_workers;
         let (ingest, workers) = tokio::task::spawn_blocking(move || {
-            let ingest = spawn(&d.join("ingest"), "ingest,api", &e)?;
+            let ingest = spawn(&d.join("ingest"), "ingest,api", &ie)?;
             let workers = (0..n)
                 .map(|i| spawn(&d.join(format!("worker-{i}")), "worker", &e))
                 .collect::<anyhow::Result<Vec<_>>>()?;
@@ -273,7 +295,36 @@ pub async fn run(
         let secs = e2e.as_secs_f64();
         let share = |c: f64| (c / secs * 100.0).round();
         let p = |q: f64| crate::bench::percentile(&load.latencies_ms, q);
+        let mut mqtt_figures = serde_json::Value::Null;
+        if let Some((host, port)) = &mqtt {
+            let vehicles = 1000;
+            let per_vehicle = args.scaleout_mqtt_messages.div_ceil(vehicles);
+            let start = crate::bench::now_ms() - 3_600_000;
+            let (per_publisher, _) =
+                crate::bench_mqtt::payloads(&name, vehicles, per_vehicle, start, 1, 4);
+            let total: usize = per_publisher.iter().map(Vec::len).sum();
+            eprintln!("  {total} single-fix MQTT messages through {host}:{port} …");
+            let before = worker_fixes(&worker_addrs).await? as usize;
+            let started = Instant::now();
+            crate::bench_mqtt::publish_all(host, *port, &name, per_publisher).await?;
+            let published = started.elapsed();
+            let deadline = Instant::now() + Duration::from_secs(600);
+            while (worker_fixes(&worker_addrs).await? as usize) < before + total {
+                anyhow::ensure!(
+                    Instant::now() < deadline,
+                    "the MQTT messages did not arrive"
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            let elapsed = started.elapsed();
+            mqtt_figures = json!({
+                "messages": total,
+                "published_per_s": (total as f64 / published.as_secs_f64()).round(),
+                "end_to_end_messages_per_s": (total as f64 / elapsed.as_secs_f64()).round(),
+            });
+        }
         let value = json!({
+            "mqtt_single_fix": mqtt_figures,
             "fixes": fixes,
             "worker_processes": args.scaleout_workers,
             "acked_points_per_s": (fixes as f64 / acked.as_secs_f64()).round(),

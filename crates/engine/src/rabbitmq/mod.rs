@@ -91,12 +91,12 @@ impl Default for RabbitConfig {
             queue_prefix: "kickstand".into(),
             shards: 16,
             queue_type: QueueType::Quorum,
-            prefetch: 64,
+            prefetch: 256,
             max_fixes_per_message: 2_000,
             max_unconfirmed_fixes: 500_000,
             confirm_timeout_ms: 10_000,
             delivery_limit: 20,
-            rebalance_interval_secs: 5,
+            rebalance_interval_secs: 2,
         }
     }
 }

@@ -638,9 +638,33 @@ fn empty_summary() -> (FleetSummary, Vec<String>) {
     (s, labels)
 }
 
+/// The newest fix of each vehicle in `fixes` (the first of equal timestamps), in first-seen
+/// order.
+fn newest_per_vehicle(fixes: &[Fix]) -> Vec<&Fix> {
+    let mut at: crate::FastMap<&VehicleId, usize> = crate::FastMap::default();
+    let mut out: Vec<&Fix> = Vec::with_capacity(fixes.len());
+    for fix in fixes {
+        match at.get(&fix.vehicle_id) {
+            Some(&i) => {
+                if fix.point.ts > out[i].point.ts {
+                    out[i] = fix;
+                }
+            }
+            None => {
+                at.insert(&fix.vehicle_id, out.len());
+                out.push(fix);
+            }
+        }
+    }
+    out
+}
+
 impl StateStore for RedisState {
     fn apply(&self, fixes: &[Fix]) -> StateResult<()> {
-        for chunk in fixes.chunks(APPLY_CHUNK) {
+        // Only each vehicle's newest fix of the batch can move it: send Redis just those (a
+        // worker's group holds several fixes of a vehicle when its queue had a backlog).
+        let newest = newest_per_vehicle(fixes);
+        for chunk in newest.chunks(APPLY_CHUNK) {
             let mut inv = self.apply_script.prepare_invoke();
             inv.key(&self.keys.v)
                 .key(&self.keys.geo)
