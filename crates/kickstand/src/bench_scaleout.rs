@@ -40,6 +40,9 @@ pub struct ScaleoutBenchArgs {
     /// broker is --mqtt-url or KICKSTAND_TEST_MQTT_URL.
     #[arg(long, default_value_t = 100_000)]
     pub scaleout_mqtt_messages: usize,
+    /// Subscribing connections of the ingest node in the scaleout phase (mqtt.connections).
+    #[arg(long, default_value_t = 32)]
+    pub scaleout_mqtt_connections: usize,
 }
 
 fn or_env(v: &Option<String>, var: &str, default: &str) -> String {
@@ -221,6 +224,13 @@ pub async fn run(
             ("KICKSTAND_MQTT__TOPIC", format!("{name}/+/telemetry")),
             ("KICKSTAND_MQTT__SHARE_GROUP", name.clone()),
             ("KICKSTAND_MQTT__CLIENT_ID", format!("{name}-ingest")),
+            // Mosquitto sends each connection at most 20 unacked messages and drops what
+            // overflows its queue of 1,000 (its defaults): in-flight capacity comes from
+            // connections, and a scale-out ack waits for RabbitMQ's confirm.
+            (
+                "KICKSTAND_MQTT__CONNECTIONS",
+                args.scaleout_mqtt_connections.to_string(),
+            ),
         ] {
             ingest_env.push((k.to_owned(), v));
         }
@@ -247,7 +257,7 @@ pub async fn run(
             .chain(&workers)
             .map(|c| c.child.id())
             .collect();
-        let services = ["beam.smp", "postgres", "redis-server"];
+        let services = ["beam.smp", "postgres", "redis-server", "mosquitto"];
         let cpu0: Vec<f64> = services.iter().map(|s| cpu_of_comm(s)).collect();
         let kick0: Vec<f64> = kick_pids.iter().map(|p| cpu_of_pid(*p)).collect();
         let started = Instant::now();
@@ -305,6 +315,8 @@ pub async fn run(
             let total: usize = per_publisher.iter().map(Vec::len).sum();
             eprintln!("  {total} single-fix MQTT messages through {host}:{port} …");
             let before = worker_fixes(&worker_addrs).await? as usize;
+            let cpu0: Vec<f64> = services.iter().map(|s| cpu_of_comm(s)).collect();
+            let kick0: Vec<f64> = kick_pids.iter().map(|p| cpu_of_pid(*p)).collect();
             let started = Instant::now();
             crate::bench_mqtt::publish_all(host, *port, &name, per_publisher).await?;
             let published = started.elapsed();
@@ -317,10 +329,30 @@ pub async fn run(
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
             let elapsed = started.elapsed();
+            let secs = elapsed.as_secs_f64();
+            let used = |now: f64, then: f64| ((now - then) / secs * 100.0).round();
+            let c: Vec<f64> = services
+                .iter()
+                .zip(&cpu0)
+                .map(|(s, c0)| used(cpu_of_comm(s), *c0))
+                .collect();
+            let k: Vec<f64> = kick_pids
+                .iter()
+                .zip(&kick0)
+                .map(|(p, c0)| used(cpu_of_pid(*p), *c0))
+                .collect();
             mqtt_figures = json!({
                 "messages": total,
                 "published_per_s": (total as f64 / published.as_secs_f64()).round(),
-                "end_to_end_messages_per_s": (total as f64 / elapsed.as_secs_f64()).round(),
+                "end_to_end_messages_per_s": (total as f64 / secs).round(),
+                "cpu_percent_of_one_core": {
+                    "mosquitto": c[3],
+                    "kickstand_ingest": k[0],
+                    "kickstand_workers": k[1..].iter().sum::<f64>(),
+                    "rabbitmq": c[0],
+                    "postgres": c[1],
+                    "redis": c[2],
+                },
             });
         }
         let value = json!({
@@ -339,6 +371,7 @@ pub async fn run(
                 "rabbitmq": share(cpu[0]),
                 "postgres": share(cpu[1]),
                 "redis": share(cpu[2]),
+                "mosquitto": share(cpu[3]),
             },
         });
         drop(ingest);
