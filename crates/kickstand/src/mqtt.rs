@@ -63,7 +63,7 @@ impl Default for MqttSettings {
             topic: "kickstand/+/telemetry".into(),
             share_group: "kickstand".into(),
             client_id: "kickstand-ingest".into(),
-            connections: 4,
+            connections: 32,
             max_inflight: 1024,
             username: None,
             password: None,

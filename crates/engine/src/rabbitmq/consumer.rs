@@ -53,6 +53,9 @@ struct ShardFlags {
     release: AtomicBool,
 }
 
+/// Groups smaller than this wait up to `group_linger_ms` for more deliveries.
+const LINGER_BELOW_FIXES: usize = 4_096;
+
 fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -289,9 +292,20 @@ async fn shard_task(
             Ok(())
         };
         take(first, &mut fixes)?;
+        // Group commit: take what has arrived, and wait up to `group_linger_ms` for more while
+        // the group is small. One durable write per group is what the history store pays for
+        // (a transaction and an fsync); devices are not kept waiting, they were acked when the
+        // broker confirmed.
+        let linger_until = tokio::time::Instant::now() + Duration::from_millis(cfg.group_linger_ms);
         while fixes.len() < ports.group_max_fixes {
             match rx.try_recv() {
                 Ok(m) => take(m, &mut fixes)?,
+                Err(_) if fixes.len() < LINGER_BELOW_FIXES => {
+                    match tokio::time::timeout_at(linger_until, rx.recv()).await {
+                        Ok(Some(m)) => take(m, &mut fixes)?,
+                        Ok(None) | Err(_) => break,
+                    }
+                }
                 Err(_) => break,
             }
         }

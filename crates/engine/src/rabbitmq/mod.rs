@@ -82,6 +82,10 @@ pub struct RabbitConfig {
     pub delivery_limit: u32,
     /// Seconds between the checks that hand shards over to a newly started worker.
     pub rebalance_interval_secs: u64,
+    /// How long a worker waits for more deliveries when its group is small (under 4,096
+    /// fixes), so that a trickle of small messages becomes few durable writes. Adds at most this
+    /// to the time until history and the latest state show a fix; devices were acked already.
+    pub group_linger_ms: u64,
 }
 
 impl Default for RabbitConfig {
@@ -97,6 +101,7 @@ impl Default for RabbitConfig {
             confirm_timeout_ms: 10_000,
             delivery_limit: 20,
             rebalance_interval_secs: 2,
+            group_linger_ms: 20,
         }
     }
 }
