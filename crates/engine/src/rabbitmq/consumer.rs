@@ -264,7 +264,11 @@ async fn shard_task(
         }
         let first = tokio::select! {
             m = rx.recv() => m,
-            _ = halt.changed() => return Ok(()),
+            _ = halt.changed() => {
+                // Closed here, not by amqprs's drop guard on a task the exiting runtime cancels.
+                let _ = channel.close().await;
+                return Ok(());
+            }
             // Wake up now and then to honour a release on an idle shard.
             () = tokio::time::sleep(Duration::from_millis(500)) => continue,
         };
