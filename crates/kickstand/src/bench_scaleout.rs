@@ -105,25 +105,54 @@ fn spawn(dir: &Path, roles: &str, env: &[(String, String)]) -> anyhow::Result<Pr
     Ok(Proc { child, addr })
 }
 
-/// Fixes the workers have taken (stored or recognised as duplicates), from their metrics.
-async fn worker_fixes(workers: &[SocketAddr]) -> anyhow::Result<u64> {
-    let mut total = 0u64;
+/// The sum over the workers of the metric lines that start with each of `names`.
+async fn worker_metrics<const N: usize>(
+    workers: &[SocketAddr],
+    names: [&str; N],
+) -> anyhow::Result<[f64; N]> {
+    let mut total = [0.0; N];
     for &w in workers {
         let mut c = connect(w).await?;
         let (_, body) = request(&mut c, hyper::Method::GET, "/metrics", Default::default()).await?;
         for line in String::from_utf8_lossy(&body).lines() {
-            if line.starts_with("kickstand_ingest_accepted_fixes_total ")
-                || line.starts_with("kickstand_ingest_duplicate_fixes_total ")
-            {
-                total += line
-                    .rsplit(' ')
-                    .next()
-                    .and_then(|v| v.parse::<f64>().ok())
-                    .unwrap_or(0.0) as u64;
+            for (i, name) in names.iter().enumerate() {
+                if line.starts_with(name) && line[name.len()..].starts_with(' ') {
+                    total[i] += line
+                        .rsplit(' ')
+                        .next()
+                        .and_then(|v| v.parse::<f64>().ok())
+                        .unwrap_or(0.0);
+                }
             }
         }
     }
     Ok(total)
+}
+
+/// Fixes the workers have taken (stored or recognised as duplicates), from their metrics.
+async fn worker_fixes(workers: &[SocketAddr]) -> anyhow::Result<u64> {
+    let [a, d] = worker_metrics(
+        workers,
+        [
+            "kickstand_ingest_accepted_fixes_total",
+            "kickstand_ingest_duplicate_fixes_total",
+        ],
+    )
+    .await?;
+    Ok((a + d) as u64)
+}
+
+/// Groups the workers wrote so far and the fixes in them.
+async fn worker_groups(workers: &[SocketAddr]) -> anyhow::Result<(f64, f64)> {
+    let [count, sum] = worker_metrics(
+        workers,
+        [
+            "kickstand_pipeline_group_fixes_count",
+            "kickstand_pipeline_group_fixes_sum",
+        ],
+    )
+    .await?;
+    Ok((count, sum))
 }
 
 /// CPU seconds used so far by every process whose command name is `comm` (from /proc; Linux).
@@ -277,6 +306,7 @@ pub async fn run(
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         let e2e = started.elapsed();
+        let (groups, grouped) = worker_groups(&worker_addrs).await?;
         let cpu: Vec<f64> = services
             .iter()
             .zip(&cpu0)
@@ -315,6 +345,7 @@ pub async fn run(
             let total: usize = per_publisher.iter().map(Vec::len).sum();
             eprintln!("  {total} single-fix MQTT messages through {host}:{port} …");
             let before = worker_fixes(&worker_addrs).await? as usize;
+            let groups0 = worker_groups(&worker_addrs).await?;
             let cpu0: Vec<f64> = services.iter().map(|s| cpu_of_comm(s)).collect();
             let kick0: Vec<f64> = kick_pids.iter().map(|p| cpu_of_pid(*p)).collect();
             let started = Instant::now();
@@ -339,6 +370,8 @@ pub async fn run(
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
             let elapsed = started.elapsed();
+            let groups1 = worker_groups(&worker_addrs).await?;
+            let (groups, grouped) = (groups1.0 - groups0.0, groups1.1 - groups0.1);
             let secs = elapsed.as_secs_f64();
             let used = |now: f64, then: f64| ((now - then) / secs * 100.0).round();
             let c: Vec<f64> = services
@@ -355,6 +388,8 @@ pub async fn run(
                 "messages": total,
                 "published_per_s": (total as f64 / published.as_secs_f64()).round(),
                 "end_to_end_messages_per_s": (total as f64 / secs).round(),
+                "worker_groups": groups,
+                "worker_mean_group_fixes": (grouped / groups.max(1.0)).round(),
                 "cpu_percent_of_one_core": {
                     "mosquitto": c[3],
                     "kickstand_ingest": k[0],
@@ -375,6 +410,8 @@ pub async fn run(
             "ack_p99_ms": (p(0.99) * 1000.0).round() / 1000.0,
             "retries_503": load.retries,
             "seconds_end_to_end": (secs * 1000.0).round() / 1000.0,
+            "worker_groups": groups,
+            "worker_mean_group_fixes": (grouped / groups.max(1.0)).round(),
             "cpu_percent_of_one_core": {
                 "kickstand_ingest": share(kick[0]),
                 "kickstand_workers": share(kick[1..].iter().sum()),
