@@ -116,6 +116,44 @@ pub struct StateError(pub String);
 
 pub type StateResult<T> = Result<T, StateError>;
 
+/// The battery steps of [`FleetSummary::battery`].
+const BATTERY_STEPS: [&str; 10] = [
+    "0-10", "10-20", "20-30", "30-40", "40-50", "50-60", "60-70", "70-80", "80-90", "90-100",
+];
+
+impl FleetSummary {
+    /// Every state and battery step present, at zero (the answer lists them all).
+    pub(crate) fn zeroed() -> FleetSummary {
+        let mut s = FleetSummary::default();
+        for state in VehicleState::ALL {
+            s.by_state.insert(state.as_str().to_owned(), 0);
+        }
+        s.by_state.insert("unknown".into(), 0);
+        for step in BATTERY_STEPS.iter().chain(&["unknown"]) {
+            s.battery.insert((*step).to_owned(), 0);
+        }
+        s
+    }
+
+    /// Counts one vehicle's newest fix.
+    pub(crate) fn count(&mut self, p: &Point, stale_before_ms: i64) {
+        self.vehicles += 1;
+        let state = p.state.map_or("unknown", |st| st.as_str());
+        *self
+            .by_state
+            .get_mut(state)
+            .expect("every state is present") += 1;
+        let step = match p.battery_dpct {
+            Some(b) => BATTERY_STEPS[usize::from(b / 100).min(9)],
+            None => "unknown",
+        };
+        *self.battery.get_mut(step).expect("every step is present") += 1;
+        if p.ts < stale_before_ms {
+            self.stale += 1;
+        }
+    }
+}
+
 /// The latest-state port. Implementations that talk to a server (Redis) block the calling
 /// thread for one round trip; callers on an async runtime must allow that (the Redis store uses
 /// `block_in_place`).
@@ -441,33 +479,11 @@ impl MemoryState {
     }
 
     pub fn summary(&self, stale_before_ms: i64) -> FleetSummary {
-        let mut s = FleetSummary::default();
-        for state in VehicleState::ALL {
-            s.by_state.insert(state.as_str().to_owned(), 0);
-        }
-        s.by_state.insert("unknown".into(), 0);
-        let labels: Vec<String> = (0..10)
-            .map(|i| format!("{}-{}", i * 10, i * 10 + 10))
-            .collect();
-        for l in &labels {
-            s.battery.insert(l.clone(), 0);
-        }
-        s.battery.insert("unknown".into(), 0);
+        let mut s = FleetSummary::zeroed();
         for shard in &self.shards {
             let shard = shard.read();
             for slot in &shard.slots {
-                let p = &slot.point;
-                s.vehicles += 1;
-                let state = p.state.map_or("unknown", |st| st.as_str());
-                *s.by_state.get_mut(state).expect("every state is present") += 1;
-                let bucket = match p.battery_dpct {
-                    Some(b) => &labels[usize::from(b / 100).min(9)],
-                    None => "unknown",
-                };
-                *s.battery.get_mut(bucket).expect("every bucket is present") += 1;
-                if p.ts < stale_before_ms {
-                    s.stale += 1;
-                }
+                s.count(&slot.point, stale_before_ms);
             }
         }
         s

@@ -622,22 +622,6 @@ impl NearTest {
     }
 }
 
-fn empty_summary() -> (FleetSummary, Vec<String>) {
-    let mut s = FleetSummary::default();
-    for state in VehicleState::ALL {
-        s.by_state.insert(state.as_str().to_owned(), 0);
-    }
-    s.by_state.insert("unknown".into(), 0);
-    let labels: Vec<String> = (0..10)
-        .map(|i| format!("{}-{}", i * 10, i * 10 + 10))
-        .collect();
-    for l in &labels {
-        s.battery.insert(l.clone(), 0);
-    }
-    s.battery.insert("unknown".into(), 0);
-    (s, labels)
-}
-
 /// The newest fix of each vehicle in `fixes` (the first of equal timestamps), in first-seen
 /// order.
 fn newest_per_vehicle(fixes: &[Fix]) -> Vec<&Fix> {
@@ -779,12 +763,11 @@ impl StateStore for RedisState {
     }
 
     fn summary(&self, stale_before_ms: i64) -> StateResult<FleetSummary> {
-        let (mut s, labels) = empty_summary();
+        let mut s = FleetSummary::zeroed();
         self.pool.run("summary", |con| {
             let mut seen: FastSet<Vec<u8>> = FastSet::default();
             // A fresh start on a retry.
-            let (fresh, _) = empty_summary();
-            s = fresh;
+            s = FleetSummary::zeroed();
             let mut cursor: u64 = 0;
             loop {
                 let (next, flat): (u64, Vec<Vec<u8>>) = redis::cmd("HSCAN")
@@ -802,17 +785,7 @@ impl StateStore for RedisState {
                     if !seen.insert(id) {
                         continue;
                     }
-                    s.vehicles += 1;
-                    let state = p.state.map_or("unknown", |st| st.as_str());
-                    *s.by_state.get_mut(state).expect("every state is present") += 1;
-                    let bucket = match p.battery_dpct {
-                        Some(b) => &labels[usize::from(b / 100).min(9)],
-                        None => "unknown",
-                    };
-                    *s.battery.get_mut(bucket).expect("every bucket is present") += 1;
-                    if p.ts < stale_before_ms {
-                        s.stale += 1;
-                    }
+                    s.count(&p, stale_before_ms);
                 }
                 if next == 0 {
                     return Ok(());

@@ -48,6 +48,12 @@ impl Server {
         for (k, v) in env {
             cmd.env(k, v);
         }
+        Server::spawn(cmd, data, "run")
+    }
+
+    /// Starts `cmd`, reads the first line it prints (the one with the address), and returns the
+    /// server and that line.
+    fn spawn(mut cmd: Command, data: &Path, what: &str) -> (Server, String) {
         let mut child = cmd.spawn().expect("the binary starts");
         let stdout = child.stdout.take().unwrap();
         let mut line = String::new();
@@ -56,7 +62,7 @@ impl Server {
             .split("http://")
             .nth(1)
             .and_then(|s| s.split('/').next())
-            .unwrap_or_else(|| panic!("no address in {line:?}"))
+            .unwrap_or_else(|| panic!("no address in {line:?} (did `{what}` start?)"))
             .parse()
             .unwrap();
         (
@@ -90,22 +96,7 @@ impl Server {
         for (k, v) in env {
             cmd.env(k, v);
         }
-        let mut child = cmd.spawn().expect("the binary starts");
-        let stdout = child.stdout.take().unwrap();
-        let mut line = String::new();
-        BufReader::new(stdout).read_line(&mut line).unwrap();
-        let addr = line
-            .split("http://")
-            .nth(1)
-            .and_then(|s| s.split('/').next())
-            .unwrap_or_else(|| panic!("no address in {line:?} (did `serve --role {roles}` start?)"))
-            .parse()
-            .unwrap();
-        Server {
-            addr,
-            child,
-            data: data.to_path_buf(),
-        }
+        Server::spawn(cmd, data, &format!("serve --role {roles}")).0
     }
 
     pub fn start(data: &Path) -> Server {
