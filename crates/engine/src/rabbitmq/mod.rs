@@ -101,7 +101,7 @@ impl Default for RabbitConfig {
             confirm_timeout_ms: 10_000,
             delivery_limit: 20,
             rebalance_interval_secs: 2,
-            group_linger_ms: 20,
+            group_linger_ms: 100,
         }
     }
 }
