@@ -21,8 +21,9 @@ pub struct MqttBenchArgs {
     /// Publishing connections (each keeps up to 100 messages in flight).
     #[arg(long, default_value_t = 4)]
     pub mqtt_publishers: usize,
-    /// Subscribing connections of the ingest (mqtt.connections).
-    #[arg(long, default_value_t = 8)]
+    /// Subscribing connections of the ingest (mqtt.connections; Mosquitto drops what overflows
+    /// a slow subscriber's queue, see docs/mqtt.md).
+    #[arg(long, default_value_t = 32)]
     pub mqtt_connections: usize,
 }
 

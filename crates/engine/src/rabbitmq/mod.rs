@@ -86,6 +86,10 @@ pub struct RabbitConfig {
     /// fixes), so that a trickle of small messages becomes few durable writes. Adds at most this
     /// to the time until history and the latest state show a fix; devices were acked already.
     pub group_linger_ms: u64,
+    /// How long ingest's publisher waits for more submissions while what it has is small
+    /// (under 1,000 fixes), so single fixes share broker messages. Adds at most this to a
+    /// device's ack; 0 publishes at once.
+    pub publish_linger_ms: u64,
 }
 
 impl Default for RabbitConfig {
@@ -102,6 +106,7 @@ impl Default for RabbitConfig {
             delivery_limit: 20,
             rebalance_interval_secs: 2,
             group_linger_ms: 100,
+            publish_linger_ms: 5,
         }
     }
 }

@@ -50,6 +50,9 @@ pub struct RabbitTransport {
 /// Most fixes one flush of the batcher takes.
 const FLUSH_MAX_FIXES: usize = 65_536;
 
+/// Flushes smaller than this wait up to `publish_linger_ms` for more submissions.
+const LINGER_BELOW_FIXES: usize = 1_000;
+
 impl RabbitTransport {
     /// Starts the connection and batcher tasks on the current tokio runtime. Returns at once;
     /// `submit` answers 503 until the first connection is up ([`RabbitTransport::wait_connected`]
@@ -96,14 +99,24 @@ async fn batcher(inner: Arc<Inner>, mut pending: tokio::sync::mpsc::UnboundedRec
     while let Some(first) = pending.recv().await {
         let mut batch = vec![first];
         let mut total = batch[0].fixes.len();
+        // A small flush waits up to `publish_linger_ms` for more: a trickle of single fixes
+        // (MQTT) would otherwise become one broker message per fix and shard.
+        let linger_until =
+            tokio::time::Instant::now() + Duration::from_millis(inner.cfg.publish_linger_ms);
         while total < FLUSH_MAX_FIXES {
-            match pending.try_recv() {
-                Ok(p) => {
-                    total += p.fixes.len();
-                    batch.push(p);
+            let next = match pending.try_recv() {
+                Ok(p) => Some(p),
+                Err(_) if total < LINGER_BELOW_FIXES => {
+                    tokio::time::timeout_at(linger_until, pending.recv())
+                        .await
+                        .ok()
+                        .flatten()
                 }
-                Err(_) => break,
-            }
+                Err(_) => None,
+            };
+            let Some(p) = next else { break };
+            total += p.fixes.len();
+            batch.push(p);
         }
         let Some(link) = inner.link.read().clone() else {
             for p in batch {
