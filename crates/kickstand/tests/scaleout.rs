@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{Deployment, Proxy, Server, client, fix, now_ms};
+use common::{Deployment, Proxy, Server, client, fix, get_json, now_ms};
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
@@ -49,17 +49,12 @@ async fn latest_ts(c: &reqwest::Client, s: &Server, id: &str) -> Option<i64> {
 
 /// Every stored timestamp of a vehicle's track (duplicates kept).
 async fn track(c: &reqwest::Client, s: &Server, id: &str, from: i64) -> Vec<i64> {
-    let v: Value = c
-        .get(s.url(&format!(
-            "/api/v1/vehicles/{id}/track?from={from}&to={}",
-            now_ms() + 60_000
-        )))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let to = now_ms() + 60_000;
+    let v = get_json(
+        c,
+        &s.url(&format!("/api/v1/vehicles/{id}/track?from={from}&to={to}")),
+    )
+    .await;
     v["fixes"]
         .as_array()
         .unwrap_or_else(|| panic!("no fixes in {v}"))
@@ -129,27 +124,17 @@ async fn separate_processes_share_one_fleet_and_a_poison_message_is_dead_lettere
         20,
         "every vehicle at its newest fix on the API node",
         || async {
-            let v: Value = c
-                .get(api.url("/api/v1/fleet/summary"))
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
+            let v: Value = get_json(&c, &api.url("/api/v1/fleet/summary")).await;
             v["vehicles"] == 100 && latest_ts(&c, &api, "sc-99").await == Some(t0 + 1_000)
         },
     )
     .await;
     assert_eq!(track(&c, &api, "sc-7", t0 - 1).await, vec![t0, t0 + 1_000]);
-    let near: Value = c
-        .get(api.url("/api/v1/vehicles?near=37.5,127.0&radius_m=100"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let near: Value = get_json(
+        &c,
+        &api.url("/api/v1/vehicles?near=37.5,127.0&radius_m=100"),
+    )
+    .await;
     assert_eq!(near["vehicles"][0]["vehicle_id"], "sc-0", "{near}");
 
     // An API-only node refuses ingest, saying why.
@@ -333,14 +318,7 @@ async fn redis_flushed_mid_stream_is_rebuilt_from_history_within_seconds() {
         acked.get_mut(&id).unwrap().extend(ts);
     }
     eventually(10, "the latest state is whole again", || async {
-        let v: Value = c
-            .get(ingest.url("/api/v1/fleet/summary"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let v: Value = get_json(&c, &ingest.url("/api/v1/fleet/summary")).await;
         v["vehicles"] == 300
     })
     .await;

@@ -84,10 +84,6 @@ impl RabbitTransport {
         }
         false
     }
-
-    pub fn is_connected(&self) -> bool {
-        self.inner.link.read().is_some()
-    }
 }
 
 /// Publishes what has arrived, by shard, and answers each submission once its messages are

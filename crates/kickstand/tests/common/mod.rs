@@ -146,6 +146,11 @@ pub fn client() -> reqwest::Client {
         .unwrap()
 }
 
+/// GETs `url` and parses the body as JSON, whatever the status.
+pub async fn get_json(c: &reqwest::Client, url: &str) -> serde_json::Value {
+    c.get(url).send().await.unwrap().json().await.unwrap()
+}
+
 pub fn fix(id: &str, ts: i64, lat: f64, lon: f64) -> serde_json::Value {
     serde_json::json!({"vehicle_id": id, "ts": ts, "lat": lat, "lon": lon})
 }
