@@ -15,7 +15,7 @@
 //! arithmetic, and values are widened to `i64` first (an `odometer_m` is reinterpreted as
 //! `i64`, bit for bit).
 //!
-//! An encoding is a header followed by eleven columns, in this order:
+//! An encoding is a header followed by eleven or twelve columns, in this order:
 //!
 //! 1. The header: the version byte `2`, then the point count `n` as a varint. When `n` is 0,
 //!    the encoding ends here.
@@ -25,7 +25,10 @@
 //! 3. `lat_e6`, then `lon_e6`: the first value (zigzag), then a stream of the `n - 1`
 //!    differences `v[i] - v[i-1]`.
 //! 4. The optional columns `speed_dkmh`, `heading_ddeg`, `battery_dpct`, `accuracy_dm`,
-//!    `altitude_dm`, `odometer_m`, `state` (its [`VehicleState::code`]) and `locked` (0 or 1).
+//!    `altitude_dm`, `odometer_m`, `state` (its [`VehicleState::code`]), `locked` (0 or 1)
+//!    and, only when some point has a quality flag, `quality` (its [`Quality`] bits, 1..=255;
+//!    a point without a flag is "absent" in this column). An encoding without that last column
+//!    is a run of good points, which is how encodings made before the column existed read.
 //!    Each starts with a presence byte:
 //!    - `0`: absent from every point; nothing follows.
 //!    - `1`: present in every point.
@@ -63,7 +66,7 @@
 //! than the width become exceptions, as in patched frame-of-reference), so a column that
 //! rarely changes costs about a byte per block plus two bytes per change.
 
-use crate::fix::{Point, VehicleState};
+use crate::fix::{Point, Quality, VehicleState};
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum CodecError {
@@ -402,6 +405,12 @@ pub fn encode(points: &[Point], out: &mut Vec<u8>) {
         None,
     );
     encode_optional(out, s, points, |p| p.locked.map(i64::from), None);
+    // The quality column is written only when a point has a flag, so the encoding of good
+    // points is the same as before the column existed, and older encodings still decode.
+    if points.iter().any(|p| !p.quality.is_good()) {
+        let quality = |p: &Point| (!p.quality.is_good()).then_some(i64::from(p.quality.0));
+        encode_optional(out, s, points, quality, None);
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -737,6 +746,17 @@ fn decode_into(bytes: &[u8], out: &mut Vec<Point>) -> Result<(), CodecError> {
         };
         true
     })?;
+    // The quality column is written only when some point has a flag, so one that says
+    // "absent everywhere" is not an encoding.
+    if r.remaining() != 0 && r.bytes[r.pos] != 0 {
+        decode_optional(&mut r, pts, ix, None, |p, v| match u8::try_from(v) {
+            Ok(q) if q != 0 => {
+                p.quality = Quality(q);
+                true
+            }
+            _ => false,
+        })?;
+    }
     if r.remaining() != 0 {
         return Err(CodecError::Corrupt("trailing bytes"));
     }
@@ -776,6 +796,7 @@ mod tests {
             odometer_m: Some(12_345),
             state: Some(VehicleState::OnTrip),
             locked: Some(false),
+            quality: Default::default(),
         }
     }
 
@@ -823,6 +844,7 @@ mod tests {
             odometer_m: Some(0),
             state: Some(VehicleState::Available),
             locked: Some(false),
+            quality: Default::default(),
         };
         let hi = Point {
             ts: 253_402_300_799_999,
@@ -836,6 +858,7 @@ mod tests {
             odometer_m: Some(u64::MAX),
             state: Some(VehicleState::Removed),
             locked: Some(true),
+            quality: Default::default(),
         };
         let mid = Point {
             ts: 0,
@@ -970,6 +993,30 @@ mod tests {
         round_trip(&off);
         off[500].heading_ddeg = None;
         round_trip(&off);
+    }
+
+    #[test]
+    fn quality_flags_round_trip_and_good_points_encode_as_before() {
+        let good = [full(1), full(2), full(3)];
+        let mut plain = Vec::new();
+        encode(&good, &mut plain);
+        let mut flagged = good;
+        flagged[1].quality = Quality(Quality::JUMP.0 | Quality::INACCURATE.0);
+        let bytes = round_trip(&flagged);
+        // Good points: no quality column at all, so encodings made before it existed decode.
+        assert!(bytes.len() > plain.len());
+        assert_eq!(
+            &bytes[..plain.len()],
+            &plain[..],
+            "the columns before quality are unchanged"
+        );
+        let mut out = Vec::new();
+        decode(&plain, &mut out).unwrap();
+        assert!(out.iter().all(|p| p.quality.is_good()));
+        // A quality column holding a zero is not an encoding.
+        let mut zero = plain.clone();
+        zero.extend_from_slice(&[PRESENT_ALL, 0]);
+        assert!(decode(&zero, &mut Vec::new()).is_err());
     }
 
     #[test]

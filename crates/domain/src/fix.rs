@@ -152,6 +152,52 @@ pub struct Point {
     pub odometer_m: Option<u64>,
     pub state: Option<VehicleState>,
     pub locked: Option<bool>,
+    /// The quality filters this fix failed; empty for a good fix. A flagged fix is kept in
+    /// history but never becomes the latest state or an event.
+    pub quality: Quality,
+}
+
+/// The quality filters a fix failed, as a set of bits (see the constants). Stored with the
+/// fix in history; empty (0) for a good fix.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Quality(pub u8);
+
+impl Quality {
+    /// Moving there from the vehicle's previous good fix implies an impossible speed.
+    pub const JUMP: Quality = Quality(1);
+    /// The reported accuracy is worse than the limit.
+    pub const INACCURATE: Quality = Quality(1 << 1);
+    /// Latitude and longitude are both zero ("null island"): a receiver without a fix.
+    pub const ZERO: Quality = Quality(1 << 2);
+    /// The fix is far older than the time it arrived.
+    pub const OUT_OF_DATE: Quality = Quality(1 << 3);
+    /// Every flag, with its name.
+    pub const NAMED: [(Quality, &'static str); 4] = [
+        (Quality::JUMP, "jump"),
+        (Quality::INACCURATE, "inaccurate"),
+        (Quality::ZERO, "zero_coordinates"),
+        (Quality::OUT_OF_DATE, "out_of_date"),
+    ];
+
+    pub fn is_good(self) -> bool {
+        self.0 == 0
+    }
+
+    pub fn has(self, flag: Quality) -> bool {
+        self.0 & flag.0 != 0
+    }
+
+    pub fn insert(&mut self, flag: Quality) {
+        self.0 |= flag.0;
+    }
+
+    /// The names of the flags set, in a fixed order.
+    pub fn names(self) -> impl Iterator<Item = &'static str> {
+        Quality::NAMED
+            .into_iter()
+            .filter(move |(f, _)| self.has(*f))
+            .map(|(_, n)| n)
+    }
 }
 
 impl Point {
@@ -274,6 +320,7 @@ impl FixInput<'_> {
                 .map(|v| v as u64),
             state: self.state,
             locked: self.locked,
+            quality: Default::default(),
         };
         Ok(Fix { vehicle_id, point })
     }

@@ -10,8 +10,13 @@
 //!   a per-item error naming the field for every item that is refused.
 //! - [`bucket`]: how fixes are grouped into UTC time buckets.
 //! - [`codec`]: the compact columnar encoding of a bucket's points.
+//! - [`event`]: fleet events ([`event::Event`]) with deterministic ids.
 //! - [`geo`]: distances, bounding boxes, the spatial grid cell, line simplification.
+//! - [`zone`]: geofence areas (GeoJSON Polygon / MultiPolygon, validated) and the zone index
+//!   that finds the zones containing a point.
+//! - [`osmand`]: the OsmAnd / Traccar Client protocol mapped onto fixes.
 //! - [`timefmt`]: timestamps in and out (RFC 3339 or epoch milliseconds in, RFC 3339 out).
+//! - [`watch`]: the quality filters and the event state machine of one vehicle.
 //! - [`wire`]: the binary message of a batch of fixes between processes (scale-out transport),
 //!   validated again on decoding.
 //!
@@ -20,11 +25,15 @@
 
 pub mod bucket;
 pub mod codec;
+pub mod event;
 pub mod fix;
 pub mod geo;
 pub mod input;
+pub mod osmand;
 pub mod timefmt;
+pub mod watch;
 pub mod wire;
+pub mod zone;
 
 pub use bucket::BucketSpan;
-pub use fix::{Fix, FixError, Point, VehicleId, VehicleState};
+pub use fix::{Fix, FixError, Point, Quality, VehicleId, VehicleState};

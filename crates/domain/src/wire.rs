@@ -220,6 +220,7 @@ fn decode_into(bytes: &[u8], out: &mut Vec<Fix>) -> Result<(), WireError> {
             odometer_m: None,
             state: None,
             locked: None,
+            quality: Default::default(),
         };
         if present & SPEED != 0 {
             let v = r.u16()?;
@@ -298,6 +299,7 @@ mod tests {
                 odometer_m: Some(1_000_000_000_000),
                 state: Some(VehicleState::OnTrip),
                 locked: Some(true),
+                quality: Default::default(),
             },
         }
     }
@@ -316,6 +318,7 @@ mod tests {
             odometer_m: None,
             state: None,
             locked: None,
+            quality: Default::default(),
         };
         f
     }

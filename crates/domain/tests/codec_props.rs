@@ -79,6 +79,7 @@ fn patterned_trace(seed: u64, n: usize) -> Vec<Point> {
             odometer_m: present[7].then_some(vals[7] as u64),
             state: present[8].then(|| VehicleState::from_code(vals[8] as u8).unwrap()),
             locked: present[9].then_some(vals[9] == 1),
+            quality: Default::default(),
         });
     }
     out
@@ -168,12 +169,14 @@ fn point() -> impl Strategy<Value = Point> {
             of(0u64..=1_000_000_000_000),
             of(proptest::sample::select(VehicleState::ALL.to_vec())),
             of(any::<bool>()),
+            // Mostly good fixes, sometimes a flag, as in real data.
+            prop_oneof![4 => Just(0u8), 1 => any::<u8>()],
         ),
     )
         .prop_map(
             |(
                 (ts, lat_e6, lon_e6, speed_dkmh, heading_ddeg, battery_dpct),
-                (accuracy_dm, altitude_dm, odometer_m, state, locked),
+                (accuracy_dm, altitude_dm, odometer_m, state, locked, quality),
             )| Point {
                 ts,
                 lat_e6,
@@ -186,6 +189,7 @@ fn point() -> impl Strategy<Value = Point> {
                 odometer_m,
                 state,
                 locked,
+                quality: kickstand_domain::Quality(quality),
             },
         )
 }

@@ -3,7 +3,8 @@
 
 use crate::history::{HistoryConfig, HistoryError, HistoryStore};
 use crate::state::{MemoryState, StateStore};
-use crate::transport::{InProcessTransport, Transport};
+use crate::transport::{InProcessTransport, Transport, shard_of};
+use crate::watcher::{FleetWatch, ShardWatcher};
 use kickstand_domain::BucketSpan;
 use serde::{Deserialize, Serialize};
 use std::path::Path;
@@ -77,6 +78,8 @@ pub struct Engine {
     pub state: Arc<dyn StateStore>,
     pub history: Arc<dyn HistoryStore>,
     pub config: EngineConfig,
+    /// Geofences, events and quality filters, when the engine runs them.
+    pub fleet: Option<Arc<FleetWatch>>,
     /// Worker threads, joined at shutdown.
     workers: parking_lot::Mutex<Vec<JoinHandle<()>>>,
     /// Dropping it stops the upkeep thread.
@@ -103,8 +106,18 @@ impl Engine {
         config: EngineConfig,
         history: &HistoryConfig,
     ) -> Result<Engine, EngineError> {
+        Engine::open_watching(data_dir, config, history, None)
+    }
+
+    /// [`Engine::open`], with the workers running the quality filters and events of `fleet`.
+    pub fn open_watching(
+        data_dir: &Path,
+        config: EngineConfig,
+        history: &HistoryConfig,
+        fleet: Option<Arc<FleetWatch>>,
+    ) -> Result<Engine, EngineError> {
         let history = crate::history::open(history, data_dir, config.span()?, config.retain_days)?;
-        Engine::start(history, Arc::new(MemoryState::default()), config)
+        Engine::start_watching(history, Arc::new(MemoryState::default()), config, fleet)
     }
 
     /// Starts the engine on the given ports: restores the latest state from history, then
@@ -114,25 +127,52 @@ impl Engine {
         state: Arc<dyn StateStore>,
         config: EngineConfig,
     ) -> Result<Engine, EngineError> {
+        Engine::start_watching(history, state, config, None)
+    }
+
+    /// [`Engine::start`], with the workers also running the quality filters and computing
+    /// events (`fleet`).
+    pub fn start_watching(
+        history: Arc<dyn HistoryStore>,
+        state: Arc<dyn StateStore>,
+        config: EngineConfig,
+        fleet: Option<Arc<FleetWatch>>,
+    ) -> Result<Engine, EngineError> {
         config.span()?;
         restore_state(history.as_ref(), state.as_ref())?;
 
         let n = config.worker_count();
+        // Each worker starts watching the vehicles of its shard, so that one that never
+        // reports again still becomes stale.
+        let mut seeds: Vec<Vec<kickstand_domain::Fix>> = (0..n).map(|_| Vec::new()).collect();
+        if fleet.is_some() {
+            history.for_each_latest(&mut |vehicle_id, point| {
+                let fix = kickstand_domain::Fix { vehicle_id, point };
+                let shard = shard_of(&fix, n);
+                seeds[shard].push(fix);
+            })?;
+        }
         let (transport, receivers) = InProcessTransport::new(n, config.queue_fixes);
         let mut workers = Vec::with_capacity(n);
-        for (shard, rx) in receivers.into_iter().enumerate() {
+        for ((shard, rx), seed) in receivers.into_iter().enumerate().zip(seeds) {
             let writer = history.writer(shard)?;
             let state = state.clone();
             let max_group = config.group_max_fixes;
+            let watcher = fleet.as_ref().map(|f| {
+                let mut w = ShardWatcher::new(f.clone(), state.clone());
+                w.seed(seed);
+                w
+            });
             workers.push(
                 std::thread::Builder::new()
                     .name(format!("worker-{shard}"))
-                    .spawn(move || crate::worker::run(rx, writer, state, max_group))?,
+                    .spawn(move || crate::worker::run(rx, writer, state, max_group, watcher))?,
             );
         }
         let (stop_tx, stop_rx) = crossbeam_channel::bounded::<()>(0);
         let upkeep = {
             let history = history.clone();
+            let events = fleet.as_ref().map(|f| f.store.clone());
             let interval = Duration::from_secs(config.maintenance_interval_secs.max(1));
             let retain_ms = i64::from(config.retain_days) * 86_400_000;
             std::thread::Builder::new()
@@ -144,6 +184,19 @@ impl Engine {
                             _ => return,
                         }
                         upkeep_pass(history.as_ref(), retain_ms);
+                        if let Some(store) = &events
+                            && retain_ms > 0
+                        {
+                            match store.drop_events_before(now_ms() - retain_ms) {
+                                Ok(0) => {}
+                                Ok(n) => {
+                                    tracing::info!(message = "retention dropped events", events = n)
+                                }
+                                Err(error) => {
+                                    tracing::error!(message = "event retention failed", %error)
+                                }
+                            }
+                        }
                     }
                 })?
         };
@@ -152,6 +205,7 @@ impl Engine {
             state,
             history,
             config,
+            fleet,
             workers: parking_lot::Mutex::new(workers),
             stop_upkeep: parking_lot::Mutex::new(Some(stop_tx)),
             upkeep: parking_lot::Mutex::new(Some(upkeep)),
@@ -208,6 +262,7 @@ impl Engine {
             state,
             history,
             config,
+            fleet: None,
             workers: parking_lot::Mutex::new(Vec::new()),
             stop_upkeep: parking_lot::Mutex::new(Some(stop_tx)),
             upkeep: parking_lot::Mutex::new(upkeep),
@@ -242,6 +297,10 @@ pub fn restore_state(
     let mut batch = Vec::with_capacity(4096);
     let mut failed = None;
     history.for_each_latest(&mut |vehicle_id, point| {
+        // A flagged fix never becomes the latest state, even when it is the newest stored.
+        if !point.quality.is_good() {
+            return;
+        }
         batch.push(kickstand_domain::Fix { vehicle_id, point });
         if batch.len() == 4096 {
             if let Err(e) = state.apply(&batch)

@@ -13,6 +13,9 @@
 //!   write-ahead log in front of the fjall LSM engine, time-bucketed columnar chunks.
 //! - [`rabbitmq`]: the scale-out transport: ingest publishes to durable shard queues with
 //!   publisher confirms, workers consume them (single active consumer per shard).
+//! - [`fleet`]: the fleet store port ([`fleet::FleetStore`]: geofences and events) and its
+//!   embedded SQLite default; the compiled zone index the workers test fixes against.
+//! - [`watcher`]: a worker's quality filters and event state machines, one per vehicle.
 //! - [`engine`]: wiring, start-up (restore) and shutdown (drain and flush).
 //! - [`metrics`]: metric names.
 //!
@@ -20,6 +23,7 @@
 //! engine is driven through [`engine::Engine`] and its ports.
 
 pub mod engine;
+pub mod fleet;
 pub mod history;
 pub mod metrics;
 pub mod rabbitmq;
@@ -27,6 +31,7 @@ pub mod state;
 #[doc(hidden)]
 pub mod testing;
 pub mod transport;
+pub mod watcher;
 pub mod worker;
 
 pub use engine::{Engine, EngineConfig, EngineError};

@@ -34,6 +34,14 @@ pub const MQTT_MESSAGES_TOTAL: &str = "kickstand_mqtt_messages_total";
 /// Items recorded in the dead-letter log, by `source`.
 pub const DEAD_LETTERS_TOTAL: &str = "kickstand_dead_letters_total";
 
+/// Fixes that failed a quality filter, by `reason` (kept in history with the flag, never
+/// the latest state or an event).
+pub const FIXES_FLAGGED_TOTAL: &str = "kickstand_quality_flagged_fixes_total";
+/// Fleet events stored, by `kind`.
+pub const EVENTS_TOTAL: &str = "kickstand_events_total";
+/// Geofences loaded in the zone index.
+pub const GEOFENCES: &str = "kickstand_geofences";
+
 /// Describes every metric and sets the counters to zero, so `/metrics` shows each series (with
 /// its help text) from the start rather than after its first event.
 pub fn describe() {
@@ -43,6 +51,13 @@ pub fn describe() {
         Unit::Count,
         "MQTT messages handled, by result (stored, dead_letter)."
     );
+    describe_counter!(
+        FIXES_FLAGGED_TOTAL,
+        Unit::Count,
+        "Fixes that failed a quality filter, by reason; kept in history with the flag."
+    );
+    describe_counter!(EVENTS_TOTAL, Unit::Count, "Fleet events stored, by kind.");
+    describe_gauge!(GEOFENCES, Unit::Count, "Geofences in the zone index.");
     describe_counter!(
         DEAD_LETTERS_TOTAL,
         Unit::Count,

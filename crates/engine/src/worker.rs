@@ -8,6 +8,7 @@
 use crate::history::HistoryWriter;
 use crate::state::StateStore;
 use crate::transport::{ShardBatch, SubmitError, SubmitOutcome};
+use crate::watcher::ShardWatcher;
 use crossbeam_channel::{Receiver, RecvTimeoutError};
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,18 +16,35 @@ use std::time::Duration;
 /// How long an idle worker waits before letting its writer do time-based upkeep.
 const TICK: Duration = Duration::from_millis(200);
 
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
 /// Runs until the queue is closed and drained, then closes the writer (final checkpoint).
+///
+/// With a `watcher`, each group is first checked: bad fixes are flagged (stored in history
+/// with the flag, kept out of the latest state), and the events of the good ones are stored
+/// before the fixes, so a crash in between makes the retry compute the same events, which the
+/// store keeps once.
 pub fn run(
     rx: Receiver<ShardBatch>,
     mut writer: Box<dyn HistoryWriter>,
     state: Arc<dyn StateStore>,
     max_group_fixes: usize,
+    mut watcher: Option<ShardWatcher>,
 ) {
     let mut group: Vec<ShardBatch> = Vec::new();
     let mut fixes = Vec::new();
     let mut is_new = Vec::new();
     let mut sizes = Vec::new();
+    let mut events = Vec::new();
+    let mut good = Vec::new();
     loop {
+        if let Some(w) = watcher.as_mut() {
+            w.tick(now_ms());
+        }
         let first = match rx.recv_timeout(TICK) {
             Ok(b) => b,
             Err(RecvTimeoutError::Timeout) => {
@@ -57,12 +75,42 @@ pub fn run(
             fixes.append(&mut b.fixes);
         }
         metrics::histogram!(crate::metrics::GROUP_FIXES).record(fixes.len() as f64);
+        let mut flagged = 0;
+        if let Some(w) = watcher.as_mut() {
+            events.clear();
+            let now = now_ms();
+            flagged = w.process(&mut fixes, now, &mut events);
+            if !events.is_empty() {
+                if let Err(error) = w.store().append_events(&events, now) {
+                    tracing::error!(message = "storing events failed", %error);
+                    w.forget(&fixes);
+                    for b in group.drain(..) {
+                        let _ = b.reply.send(Err(SubmitError::Storage(error.to_string())));
+                    }
+                    continue;
+                }
+                crate::watcher::count_events(&events);
+            }
+        }
         is_new.clear();
-        match writer.append(&fixes, &mut is_new) {
+        let appended = writer.append(&fixes, &mut is_new);
+        if appended.is_err()
+            && let Some(w) = watcher.as_mut()
+        {
+            w.forget(&fixes);
+        }
+        match appended {
             Ok(()) => {
                 // Duplicates are never newer than the state held, so applying every fix is
-                // the same as applying the new ones.
-                if let Err(error) = state.apply(&fixes) {
+                // the same as applying the new ones. Flagged fixes never become the state.
+                let latest: &[_] = if flagged == 0 {
+                    &fixes
+                } else {
+                    good.clear();
+                    good.extend(fixes.iter().filter(|f| f.point.quality.is_good()).cloned());
+                    &good
+                };
+                if let Err(error) = state.apply(latest) {
                     // Only shared stores fail; the fixes are durable and the store is rebuilt
                     // from history when it comes back empty.
                     tracing::warn!(message = "latest state not updated", %error);

@@ -267,7 +267,8 @@ fn unauthorized(detail: &str) -> Response {
 }
 
 /// The token of a request: `Authorization: Bearer …`, or `access_token=` in the query of the
-/// live stream (browsers' EventSource cannot send headers).
+/// live stream (browsers' EventSource cannot send headers) and of OsmAnd reports (devices
+/// cannot either).
 fn token_of(req: &Request) -> Option<String> {
     if let Some(v) = req.headers().get(header::AUTHORIZATION) {
         let v = v.to_str().ok()?;
@@ -276,7 +277,8 @@ fn token_of(req: &Request) -> Option<String> {
             .eq_ignore_ascii_case("bearer")
             .then(|| token.trim().to_owned());
     }
-    if req.uri().path() == "/api/v1/stream" {
+    // The live stream (EventSource) and OsmAnd devices, whose protocol port serves `/`.
+    if matches!(req.uri().path(), "/api/v1/stream" | "/osmand" | "/") {
         return req
             .uri()
             .query()?

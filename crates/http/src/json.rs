@@ -108,6 +108,18 @@ pub fn point_fields(out: &mut Vec<u8>, clock: &mut Rfc3339Writer, p: &Point) {
             b",\"locked\":false"
         });
     }
+    if !p.quality.is_good() {
+        out.extend_from_slice(b",\"quality\":[");
+        for (i, name) in p.quality.names().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            out.push(b'"');
+            out.extend_from_slice(name.as_bytes());
+            out.push(b'"');
+        }
+        out.push(b']');
+    }
 }
 
 /// A vehicle's latest state (or one fix of it) as a JSON object; `distance_m` for `near`.

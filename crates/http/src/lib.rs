@@ -9,8 +9,11 @@
 //! read the in-memory state or the history store.
 
 pub mod auth;
+pub mod events;
+pub mod geofences;
 pub mod json;
 pub mod openapi;
+pub mod osmand;
 pub mod problem;
 pub mod stream;
 
@@ -126,8 +129,17 @@ impl AppState {
 fn routes(keys: Option<Arc<auth::KeyStore>>) -> OpenApiRouter<AppState> {
     use auth::Scope;
     let ingest_routes = guarded(
-        OpenApiRouter::new().routes(routes!(ingest)),
+        OpenApiRouter::new()
+            .routes(routes!(ingest))
+            .routes(routes!(osmand::osmand_get, osmand::osmand_post)),
         Scope::Ingest,
+        &keys,
+    );
+    let operate_routes = guarded(
+        OpenApiRouter::new()
+            .routes(routes!(geofences::create))
+            .routes(routes!(geofences::replace, geofences::delete)),
+        Scope::Operate,
         &keys,
     );
     let read_routes = guarded(
@@ -138,7 +150,10 @@ fn routes(keys: Option<Arc<auth::KeyStore>>) -> OpenApiRouter<AppState> {
             .routes(routes!(summary))
             .routes(routes!(stream::stream))
             .routes(routes!(map_config))
-            .routes(routes!(metrics_text)),
+            .routes(routes!(metrics_text))
+            .routes(routes!(geofences::list))
+            .routes(routes!(geofences::get))
+            .routes(routes!(events::list)),
         Scope::Read,
         &keys,
     );
@@ -150,6 +165,7 @@ fn routes(keys: Option<Arc<auth::KeyStore>>) -> OpenApiRouter<AppState> {
         .routes(routes!(openapi::api_page));
     OpenApiRouter::with_openapi(<openapi::ApiDoc as utoipa::OpenApi>::openapi())
         .merge(ingest_routes)
+        .merge(operate_routes)
         .merge(read_routes)
         .merge(open_routes)
 }
@@ -347,23 +363,7 @@ async fn ingest_inner(app: &AppState, req: Request) -> Result<Response, Problem>
         .transport
         .submit(parsed.fixes)
         .await
-        .map_err(|e| match e {
-            SubmitError::Full => Problem::unavailable(
-                "the ingest pipeline is full; retry later",
-                app.config.retry_after_secs,
-            ),
-            SubmitError::ShuttingDown => Problem::unavailable("the server is shutting down", 5),
-            SubmitError::Unavailable(detail) => {
-                Problem::unavailable(detail, app.config.retry_after_secs)
-            }
-            SubmitError::Storage(detail) => {
-                tracing::error!(message = "ingest failed in storage", %detail);
-                Problem::unavailable(
-                    "storage is failing; retry later",
-                    app.config.retry_after_secs,
-                )
-            }
-        })?;
+        .map_err(|e| submit_problem(app, e))?;
     let body = serde_json::json!({
         "accepted": outcome.accepted,
         "duplicates": outcome.duplicates,
@@ -373,6 +373,28 @@ async fn ingest_inner(app: &AppState, req: Request) -> Result<Response, Problem>
         StatusCode::ACCEPTED,
         body.to_string().into_bytes(),
     ))
+}
+
+/// What a client is told when the pipeline did not take its fixes. Nothing was dropped: every
+/// case is a 503 with `Retry-After`.
+pub(crate) fn submit_problem(app: &AppState, e: SubmitError) -> Problem {
+    match e {
+        SubmitError::Full => Problem::unavailable(
+            "the ingest pipeline is full; retry later",
+            app.config.retry_after_secs,
+        ),
+        SubmitError::ShuttingDown => Problem::unavailable("the server is shutting down", 5),
+        SubmitError::Unavailable(detail) => {
+            Problem::unavailable(detail, app.config.retry_after_secs)
+        }
+        SubmitError::Storage(detail) => {
+            tracing::error!(message = "ingest failed in storage", %detail);
+            Problem::unavailable(
+                "storage is failing; retry later",
+                app.config.retry_after_secs,
+            )
+        }
+    }
 }
 
 fn vehicle_id(id: &str) -> Result<VehicleId, Problem> {

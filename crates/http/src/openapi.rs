@@ -420,6 +420,21 @@ pub struct TrackFix {
     /// Whether the vehicle is locked.
     #[serde(default)]
     pub locked: bool,
+    /// The quality filters the fix failed (`jump`, `inaccurate`, `zero_coordinates`,
+    /// `out_of_date`); absent for a good fix. A flagged fix is kept in history but never
+    /// became the latest state or an event.
+    #[serde(default)]
+    pub quality: Vec<QualityFlag>,
+}
+
+/// A quality filter a fix failed.
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum QualityFlag {
+    Jump,
+    Inaccurate,
+    ZeroCoordinates,
+    OutOfDate,
 }
 
 /// A vehicle's fixes in a time range, in time order.

@@ -15,9 +15,12 @@ use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use futures_util::Stream;
+use kickstand_domain::event::EventKind;
 use kickstand_domain::geo::BBox;
+use kickstand_engine::fleet::{EventQuery, FleetStore};
 use kickstand_engine::state::{StateStore, VehicleView};
 use serde::Deserialize;
+use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
@@ -31,10 +34,22 @@ pub struct StreamQuery {
     /// Milliseconds between updates (50–60000, default 250).
     #[param(minimum = 50, maximum = 60000)]
     interval_ms: Option<u64>,
+    /// Also stream fleet events in the box: `all`, or kinds, comma-separated
+    /// (`battery_low,stale`). Each is sent as an `event` event.
+    events: Option<String>,
     /// The API key, for clients that cannot send headers (EventSource); checked by the auth
     /// layer.
     #[allow(dead_code)]
     access_token: Option<String>,
+}
+
+/// The fleet events a stream follows.
+struct EventFollow {
+    store: Arc<dyn FleetStore>,
+    /// Empty: every kind.
+    kinds: Vec<EventKind>,
+    /// The sequence number of the last event looked at.
+    after: u64,
 }
 
 /// One client's position in the change sequence.
@@ -44,6 +59,9 @@ struct Cursor {
     since: u64,
     ticker: tokio::time::Interval,
     snapshot_sent: bool,
+    events: Option<EventFollow>,
+    /// Events found but not sent yet (one SSE event is sent per step).
+    queue: VecDeque<Event>,
     /// Held for as long as the stream lives.
     _slot: tokio::sync::OwnedSemaphorePermit,
 }
@@ -105,6 +123,27 @@ pub async fn stream(
             "too many live streams are open",
         )
     })?;
+    let events = match q.events.as_deref() {
+        None => None,
+        Some(text) => {
+            let fleet = crate::geofences::fleet(&app)?;
+            let kinds = if text == "all" {
+                Vec::new()
+            } else {
+                crate::events::parse_kinds(text).map_err(|mut p| {
+                    p.field = Some("events");
+                    p
+                })?
+            };
+            let store = fleet.store.clone();
+            let after = crate::geofences::blocking(move || Ok(store.event_head()?)).await?;
+            Some(EventFollow {
+                store: fleet.store.clone(),
+                kinds,
+                after,
+            })
+        }
+    };
     let mut ticker = tokio::time::interval(Duration::from_millis(interval_ms));
     // A client that fell behind gets the newest state, not a burst of old ticks.
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -114,6 +153,8 @@ pub async fn stream(
         since: 0,
         ticker,
         snapshot_sent: false,
+        events,
+        queue: VecDeque::new(),
         _slot: slot,
     };
     let events = futures_util::stream::unfold(cursor, |mut c| async move {
@@ -135,7 +176,13 @@ pub async fn stream(
             return Some((Ok(event("snapshot", &changed)), c));
         }
         loop {
+            if let Some(e) = c.queue.pop_front() {
+                return Some((Ok(e), c));
+            }
             c.ticker.tick().await;
+            if let Some(f) = &mut c.events {
+                follow_events(f, &c.bbox, &mut c.queue).await;
+            }
             match c.state.changes_since(&c.bbox, c.since, &mut changed) {
                 Ok(since) => c.since = since,
                 Err(error) => {
@@ -145,9 +192,33 @@ pub async fn stream(
                 }
             }
             if !changed.is_empty() {
-                return Some((Ok(event("update", &changed)), c));
+                c.queue.push_front(event("update", &changed));
             }
         }
     });
     Ok(Sse::new(events).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
+}
+
+/// Queues the events stored since the last look that match the kinds and lie in the box.
+async fn follow_events(f: &mut EventFollow, bbox: &BBox, queue: &mut VecDeque<Event>) {
+    let store = f.store.clone();
+    let q = EventQuery {
+        kinds: f.kinds.clone(),
+        after_seq: f.after,
+        limit: 1000,
+        ..EventQuery::default()
+    };
+    match tokio::task::spawn_blocking(move || store.events(&q)).await {
+        Ok(Ok(page)) => {
+            for e in &page {
+                f.after = f.after.max(e.seq);
+                if bbox.contains(e.event.lat(), e.event.lon()) {
+                    let data = crate::events::event_json(e).to_string();
+                    queue.push_back(Event::default().event("event").data(data));
+                }
+            }
+        }
+        Ok(Err(error)) => tracing::debug!(message = "stream events deferred", %error),
+        Err(_) => {}
+    }
 }

@@ -60,11 +60,15 @@ pub struct BenchArgs {
     mqtt: crate::bench_mqtt::MqttBenchArgs,
     #[command(flatten)]
     scaleout: crate::bench_scaleout::ScaleoutBenchArgs,
+    #[command(flatten)]
+    events: crate::bench_events::EventsBenchArgs,
     /// Keep the temporary directory (its path is printed).
     #[arg(long)]
     keep: bool,
     /// Run only these phases (comma-separated: ingest, track, storage, state, history, mqtt,
-    /// scaleout); the latest and near queries run with ingest, against the fleet it loaded.
+    /// scaleout, events); the latest and near queries run with ingest, against the fleet it
+    /// loaded. `events` sends the ingest load without the fleet watch, with events off and with
+    /// events on and 10,000 geofences.
     /// `history` compares the history backends directly (see --history-backends); `scaleout`
     /// sends the ingest phase's load through separate ingest and worker processes on RabbitMQ,
     /// Redis and PostgreSQL.
@@ -327,6 +331,17 @@ async fn run_async(args: BenchArgs) -> anyhow::Result<()> {
     let phase = |name: &str| args.phases.iter().any(|p| p == name);
     if phase("ingest") {
         ingest_phases(&args, &tmp, &config, end, &mut figures).await?;
+    }
+    if phase("events") {
+        let shape = crate::bench_events::LoadShape {
+            vehicles: args.vehicles,
+            seconds: args.seconds,
+            batch: args.batch,
+            connections: args.connections,
+            seed: args.seed,
+        };
+        crate::bench_events::events_phase(&args.events, shape, &config, tmp.path(), &mut figures)
+            .await?;
     }
     if phase("scaleout") {
         let (bodies, fixes) = generate(args.vehicles, args.seconds, args.batch, end, args.seed);

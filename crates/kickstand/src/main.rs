@@ -5,6 +5,7 @@
 
 mod alloc;
 mod bench;
+mod bench_events;
 mod bench_history;
 mod bench_mqtt;
 mod bench_scaleout;

@@ -6,7 +6,11 @@
 use crate::settings::{LogSettings, Settings};
 use anyhow::Context;
 use kickstand_engine::Engine;
+use kickstand_engine::fleet::FleetStore;
+use kickstand_engine::fleet::sqlite::SqliteFleetStore;
+use kickstand_engine::fleet::zones::Zones;
 use kickstand_engine::history::HistoryKind;
+use kickstand_engine::watcher::FleetWatch;
 use kickstand_http::auth::{KeyStore, Scope};
 use kickstand_http::{AppState, HttpConfig, MapConfig, router};
 use metrics_exporter_prometheus::PrometheusHandle;
@@ -160,6 +164,23 @@ async fn demo_fleet(engine: Arc<Engine>, vehicles: usize) {
     }
 }
 
+/// The fleet store (`fleet.db` in the data directory), the geofence index, and the quality
+/// and event settings the workers run.
+pub fn open_fleet(settings: &Settings) -> anyhow::Result<Arc<FleetWatch>> {
+    let path = settings.data_dir.join("fleet.db");
+    let store: Arc<dyn FleetStore> = Arc::new(
+        SqliteFleetStore::open(&path)
+            .with_context(|| format!("cannot open the fleet store {}", path.display()))?,
+    );
+    let zones = Arc::new(Zones::load(store.clone()).context("cannot load the geofences")?);
+    Ok(Arc::new(FleetWatch {
+        quality: settings.quality.clone(),
+        events: settings.events.clone(),
+        zones,
+        store,
+    }))
+}
+
 pub fn run_blocking(settings: Settings, options: RunOptions) -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -171,7 +192,8 @@ pub fn run_blocking(settings: Settings, options: RunOptions) -> anyhow::Result<(
             let dir = settings.data_dir.clone();
             let cfg = settings.engine.clone();
             let history = settings.history.clone();
-            tokio::task::spawn_blocking(move || Engine::open(&dir, cfg, &history))
+            let fleet = open_fleet(&settings)?;
+            tokio::task::spawn_blocking(move || Engine::open_watching(&dir, cfg, &history, Some(fleet)))
                 .await?
                 .with_context(|| match settings.history.kind {
                     HistoryKind::Embedded => format!("cannot open the data directory {}", settings.data_dir.display()),
@@ -193,7 +215,24 @@ pub fn run_blocking(settings: Settings, options: RunOptions) -> anyhow::Result<(
         if settings.mqtt.enabled {
             let dead = Arc::new(crate::mqtt::DeadLetters::open(&settings.data_dir)?);
             tracing::info!(message = "mqtt ingest started", host = %settings.mqtt.host, port = settings.mqtt.port, topic = %settings.mqtt.topic, dead_letters = %dead.path().display());
-            tokio::spawn(crate::mqtt::run(settings.mqtt.clone(), engine.transport.clone(), dead, stopped));
+            tokio::spawn(crate::mqtt::run(settings.mqtt.clone(), engine.transport.clone(), dead, stopped.clone()));
+        }
+        if let Some(osmand) = settings.osmand.listen {
+            let listener = TcpListener::bind(osmand)
+                .await
+                .with_context(|| format!("cannot listen for OsmAnd devices on {osmand}"))?;
+            tracing::info!(message = "osmand protocol port open", addr = %listener.local_addr()?);
+            let app = AppState::new(engine.clone(), settings.http.clone(), settings.map.clone(), keys.clone(), None);
+            let mut stop = stopped.clone();
+            tokio::spawn(async move {
+                let router = kickstand_http::osmand::protocol_router(app);
+                let done = async move {
+                    let _ = stop.changed().await;
+                };
+                if let Err(error) = axum::serve(listener, router).with_graceful_shutdown(done).await {
+                    tracing::error!(message = "osmand port failed", %error);
+                }
+            });
         }
         // Unacked MQTT messages at shutdown are sent again by the broker on the next start.
         let result = serve(listener, engine, settings.http, settings.map, keys, shutdown_signal()).await;

@@ -5,6 +5,7 @@
 use anyhow::Context;
 use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
+use kickstand_domain::watch::{EventConfig, QualityConfig};
 use kickstand_engine::EngineConfig;
 use kickstand_engine::history::{HistoryConfig, HistoryKind};
 use kickstand_engine::rabbitmq::{TransportConfig, TransportKind};
@@ -32,6 +33,20 @@ pub struct Settings {
     pub transport: TransportConfig,
     /// Where the latest state lives (`kickstand serve`: Redis, shared by every process).
     pub state: StateConfig,
+    /// Filters that keep bad GPS fixes out of the latest state and the events.
+    pub quality: QualityConfig,
+    /// Fleet events: thresholds, and whether the workers compute them at all.
+    pub events: EventConfig,
+    /// The OsmAnd / Traccar Client protocol (always on `/osmand` of the API).
+    pub osmand: OsmandSettings,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OsmandSettings {
+    /// Also serve the protocol on its own port, on every path, as Traccar expects
+    /// (`"0.0.0.0:5055"` by convention). Off by default.
+    pub listen: Option<SocketAddr>,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize)]
@@ -81,6 +96,9 @@ impl Default for Settings {
             mqtt: crate::mqtt::MqttSettings::default(),
             transport: TransportConfig::default(),
             state: StateConfig::default(),
+            quality: QualityConfig::default(),
+            events: EventConfig::default(),
+            osmand: OsmandSettings::default(),
         }
     }
 }
@@ -155,6 +173,8 @@ impl Settings {
                 "state.redis: url must be set and pool_size positive"
             );
         }
+        self.quality.validate().map_err(anyhow::Error::msg)?;
+        self.events.validate().map_err(anyhow::Error::msg)?;
         anyhow::ensure!(
             matches!(self.log.format.as_str(), "text" | "json"),
             "log.format must be text or json"

@@ -201,6 +201,7 @@ impl Scooter {
                 odometer_m: Some(self.odometer_m as u64),
                 state: Some(self.state),
                 locked: Some(!moving),
+                quality: Default::default(),
             },
         }
     }

@@ -119,6 +119,7 @@ pub fn moving_trace(seed: u64, n: usize) -> Vec<Point> {
                 VehicleState::OnTrip
             }),
             locked: Some(parked),
+            quality: Default::default(),
         });
     }
     out
@@ -158,6 +159,7 @@ pub fn parked_trace(seed: u64, n: usize) -> Vec<Point> {
             odometer_m: Some(98_765),
             state: Some(VehicleState::Available),
             locked: Some(true),
+            quality: Default::default(),
         });
     }
     out

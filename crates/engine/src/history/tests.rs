@@ -322,6 +322,7 @@ fn every_field_round_trips_at_the_extremes<B: Backend>(b: &B) {
         odometer_m: Some(u64::MAX),
         state: Some(VehicleState::Reserved),
         locked: Some(true),
+        quality: Default::default(),
     };
     let bare = Point {
         ts: T0 + 2,

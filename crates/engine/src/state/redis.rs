@@ -160,6 +160,7 @@ pub fn decode_point(b: &[u8]) -> Option<Point> {
         odometer_m: has(5).then(|| u64::from_le_bytes(b[33..41].try_into().unwrap())),
         state,
         locked: has(6).then_some(has(7)),
+        quality: Default::default(),
     })
 }
 
@@ -1340,6 +1341,7 @@ mod tests {
                     odometer_m: odo,
                     state,
                     locked,
+                    quality: Default::default(),
                 },
             )
     }
@@ -1373,6 +1375,7 @@ mod tests {
             odometer_m: Some(u64::MAX),
             state: Some(VehicleState::Removed),
             locked: Some(false),
+            quality: Default::default(),
         };
         for p in [
             Point::default(),

@@ -90,6 +90,7 @@ const F_ALTITUDE: u16 = 1 << 4;
 const F_ODOMETER: u16 = 1 << 5;
 const F_STATE: u16 = 1 << 6;
 const F_LOCKED: u16 = 1 << 7;
+const F_QUALITY: u16 = 1 << 8;
 
 /// Appends the binary form of one fix to a record.
 pub fn put_fix(buf: &mut Vec<u8>, fix: &Fix) {
@@ -107,7 +108,8 @@ pub fn put_fix(buf: &mut Vec<u8>, fix: &Fix) {
         | p.altitude_dm.map_or(0, |_| F_ALTITUDE)
         | p.odometer_m.map_or(0, |_| F_ODOMETER)
         | p.state.map_or(0, |_| F_STATE)
-        | p.locked.map_or(0, |_| F_LOCKED);
+        | p.locked.map_or(0, |_| F_LOCKED)
+        | if p.quality.is_good() { 0 } else { F_QUALITY };
     buf.extend_from_slice(&flags.to_le_bytes());
     if let Some(v) = p.speed_dkmh {
         buf.extend_from_slice(&v.to_le_bytes());
@@ -132,6 +134,9 @@ pub fn put_fix(buf: &mut Vec<u8>, fix: &Fix) {
     }
     if let Some(v) = p.locked {
         buf.push(u8::from(v));
+    }
+    if !p.quality.is_good() {
+        buf.push(p.quality.0);
     }
 }
 
@@ -190,6 +195,9 @@ fn read_fix(c: &mut Cursor<'_>) -> Option<Fix> {
     }
     if flags & F_LOCKED != 0 {
         p.locked = Some(c.take::<1>()?[0] != 0);
+    }
+    if flags & F_QUALITY != 0 {
+        p.quality = kickstand_domain::Quality(c.take::<1>()?[0]);
     }
     Some(Fix {
         vehicle_id,

@@ -9,7 +9,7 @@
 use super::config::MongoLayout;
 use crate::history::HistoryError;
 use ::mongodb::bson::{Binary, Bson, DateTime, Document, doc, spec::BinarySubtype};
-use kickstand_domain::{BucketSpan, Point, VehicleId, VehicleState, codec};
+use kickstand_domain::{BucketSpan, Point, Quality, VehicleId, VehicleState, codec};
 
 /// Buckets layout: chunk and compacted bucket documents.
 pub(super) const CHUNKS: &str = "chunks";
@@ -76,6 +76,8 @@ pub(super) struct PointKeys {
     pub odometer: &'static str,
     pub state: &'static str,
     pub locked: &'static str,
+    /// Quality flags (an Int32 of the bits), written only for a flagged fix.
+    pub quality: &'static str,
     /// States as their MDS name (`"on_trip"`) instead of their one-byte code.
     pub state_as_text: bool,
 }
@@ -93,6 +95,7 @@ pub(super) const CHUNK_KEYS: PointKeys = PointKeys {
     odometer: "d",
     state: "st",
     locked: "l",
+    quality: "q",
     state_as_text: false,
 };
 
@@ -109,6 +112,7 @@ pub(super) const FIX_KEYS: PointKeys = PointKeys {
     odometer: "odometer_m",
     state: "state",
     locked: "locked",
+    quality: "quality",
     state_as_text: true,
 };
 
@@ -146,6 +150,9 @@ pub(super) fn put_point(doc: &mut Document, p: &Point, k: &PointKeys) {
     if let Some(v) = p.locked {
         doc.insert(k.locked, v);
     }
+    if !p.quality.is_good() {
+        doc.insert(k.quality, i32::from(p.quality.0));
+    }
 }
 
 pub(super) fn point_document(p: &Point, k: &PointKeys) -> Document {
@@ -170,6 +177,7 @@ pub(super) fn absent_fields(p: &Point, k: &PointKeys) -> Vec<&'static str> {
     check(p.odometer_m.is_some(), k.odometer);
     check(p.state.is_some(), k.state);
     check(p.locked.is_some(), k.locked);
+    check(!p.quality.is_good(), k.quality);
     out
 }
 
@@ -282,6 +290,11 @@ pub(super) fn read_point(doc: &Document, k: &PointKeys, what: &str) -> Result<Po
             Bson::Boolean(v) => Some(*v),
             _ => None,
         })?,
+        quality: opt(doc, k.quality, what, "quality bits 1..=255", |b| match b {
+            Bson::Int32(v) => u8::try_from(*v).ok().filter(|q| *q != 0),
+            _ => None,
+        })?
+        .map_or(Quality::default(), Quality),
     })
 }
 
@@ -696,6 +709,7 @@ mod tests {
             odometer_m: Some(1_234_567),
             state: Some(VehicleState::OnTrip),
             locked: Some(false),
+            quality: Default::default(),
         }
     }
 
@@ -723,6 +737,7 @@ mod tests {
                 odometer_m: Some(0),
                 state: Some(VehicleState::Available),
                 locked: Some(true),
+                quality: Default::default(),
             },
             Point {
                 ts: i64::MAX,
@@ -736,6 +751,7 @@ mod tests {
                 odometer_m: Some(u64::MAX),
                 state: Some(VehicleState::Removed),
                 locked: Some(false),
+                quality: Default::default(),
             },
             bare(0),
             bare(-1),

@@ -1,0 +1,114 @@
+//! The fleet store: geofences and fleet events, for every process of a deployment.
+//!
+//! [`FleetStore`] is the port; [`sqlite::SqliteFleetStore`] is the embedded default (one SQLite
+//! file in the data directory). Workers append the events they compute; the API lists
+//! geofences and events; the webhook dispatcher and the live stream follow events by their
+//! sequence number.
+//!
+//! **Contract:** appending an event whose id is already stored does nothing (ids are
+//! deterministic, see [`Event::make_id`]), so a batch processed twice stores its events once;
+//! sequence numbers only grow, so "everything after `seq`" never misses an event that was
+//! committed before the call.
+
+pub mod sqlite;
+pub mod zones;
+
+use kickstand_domain::event::{Event, EventKind};
+use kickstand_domain::zone::{Area, ZoneKind};
+use kickstand_domain::{VehicleId, VehicleState};
+use serde::{Deserialize, Serialize};
+
+/// A geofence.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Geofence {
+    /// Chosen by the client (`[A-Za-z0-9_.:-]`, 1–64) or generated.
+    pub id: String,
+    pub name: String,
+    pub kind: ZoneKind,
+    /// `slow_zone`: the limit.
+    pub max_speed_kmh: Option<f64>,
+    pub area: Area,
+    /// Epoch ms.
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+/// An event as stored: with the sequence number the store gave it and when it was stored.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct StoredEvent {
+    pub seq: u64,
+    pub recorded_at: i64,
+    #[serde(flatten)]
+    pub event: Event,
+}
+
+/// A query over stored events.
+#[derive(Clone, Debug, Default)]
+pub struct EventQuery {
+    pub vehicle_id: Option<VehicleId>,
+    pub kinds: Vec<EventKind>,
+    pub zone_id: Option<String>,
+    /// Event time (`ts`) at or after this, epoch ms.
+    pub from: Option<i64>,
+    /// Event time before this, epoch ms.
+    pub to: Option<i64>,
+    /// Only events with a sequence number above this (the cursor of the previous page).
+    pub after_seq: u64,
+    pub limit: usize,
+}
+
+/// The fleet store failed (I/O, a corrupt file, a server that is down). HTTP answers 503.
+#[derive(Clone, Debug, thiserror::Error)]
+#[error("the fleet store failed: {0}")]
+pub struct FleetError(pub String);
+
+pub type FleetResult<T> = Result<T, FleetError>;
+
+/// The fleet store port.
+pub trait FleetStore: Send + Sync + 'static {
+    /// Inserts or replaces a geofence (by id) and bumps the geofence version.
+    fn put_geofence(&self, g: &Geofence) -> FleetResult<()>;
+    /// Deletes a geofence; `false` when there was none with that id.
+    fn delete_geofence(&self, id: &str) -> FleetResult<bool>;
+    fn geofence(&self, id: &str) -> FleetResult<Option<Geofence>>;
+    /// Every geofence, by id.
+    fn geofences(&self) -> FleetResult<Vec<Geofence>>;
+    /// A number that changes whenever a geofence is put or deleted (by any process).
+    fn geofences_version(&self) -> FleetResult<u64>;
+
+    /// Stores events not stored yet (by id), in order; returns how many were new.
+    fn append_events(&self, events: &[Event], recorded_at: i64) -> FleetResult<usize>;
+    /// Events matching `q`, by sequence number.
+    fn events(&self, q: &EventQuery) -> FleetResult<Vec<StoredEvent>>;
+    /// The highest sequence number given so far (0 when there is none).
+    fn event_head(&self) -> FleetResult<u64>;
+    /// Drops events older than `ts` (retention); returns how many.
+    fn drop_events_before(&self, ts: i64) -> FleetResult<usize>;
+    /// For every vehicle that ever ended a trip, when it last did (the `ts` of its newest
+    /// `state_changed` event from `on_trip`).
+    fn last_trip_ends(&self) -> FleetResult<Vec<(VehicleId, i64)>>;
+    /// The newest `state_changed` event of each of `vehicles` (MDS vehicle status).
+    fn last_state_events(&self, vehicles: &[VehicleId]) -> FleetResult<Vec<Event>>;
+}
+
+/// Where the fleet store lives (`[fleet]` in the config file).
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FleetConfig {
+    /// `sqlite` (a file in the data directory; one process) is the only kind so far.
+    pub kind: FleetKind,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FleetKind {
+    #[default]
+    Sqlite,
+}
+
+/// Whether an event's `to_state` ends a trip.
+pub fn ends_trip(e: &Event) -> bool {
+    e.kind == EventKind::StateChanged
+        && e.from_state == Some(VehicleState::OnTrip)
+        && e.to_state != Some(VehicleState::OnTrip)
+}

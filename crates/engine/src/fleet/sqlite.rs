@@ -1,0 +1,386 @@
+//! The embedded fleet store: one SQLite file (`fleet.db` in the data directory) in WAL mode,
+//! with `synchronous = FULL` so an event is on disk before the fixes that caused it are acked.
+//!
+//! One connection writes (workers, the API's geofence changes) and one reads (queries), so a
+//! long query never waits for a write and the reverse. Schema versions are kept in
+//! `PRAGMA user_version` and applied in order at open.
+
+use super::{EventQuery, FleetError, FleetResult, FleetStore, Geofence, StoredEvent};
+use kickstand_domain::event::{Event, EventKind};
+use kickstand_domain::zone::{Area, ZoneKind};
+use kickstand_domain::{VehicleId, VehicleState};
+use parking_lot::Mutex;
+use rusqlite::{Connection, OptionalExtension, params};
+use std::path::Path;
+
+/// The migrations, in order; `PRAGMA user_version` is the number applied.
+const MIGRATIONS: &[&str] = &[
+    // 1: geofences and events.
+    "CREATE TABLE geofences (
+        id TEXT PRIMARY KEY,
+        name TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        max_speed_kmh REAL,
+        geometry TEXT NOT NULL,
+        created_at INTEGER NOT NULL,
+        updated_at INTEGER NOT NULL
+    );
+    CREATE TABLE counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+    INSERT INTO counters VALUES ('geofences_version', 0);
+    CREATE TABLE events (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        id TEXT NOT NULL UNIQUE,
+        vehicle_id TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        ts INTEGER NOT NULL,
+        zone_id TEXT,
+        from_state TEXT,
+        to_state TEXT,
+        recorded_at INTEGER NOT NULL,
+        body TEXT NOT NULL
+    );
+    CREATE INDEX events_by_vehicle ON events (vehicle_id, seq);
+    CREATE INDEX events_by_kind ON events (kind, seq);
+    CREATE INDEX events_by_ts ON events (ts);
+    CREATE INDEX events_trip_ends ON events (vehicle_id, ts) WHERE kind = 'state_changed' AND from_state = 'on_trip';",
+];
+
+pub struct SqliteFleetStore {
+    write: Mutex<Connection>,
+    read: Mutex<Connection>,
+}
+
+fn err(e: impl std::fmt::Display) -> FleetError {
+    FleetError(e.to_string())
+}
+
+fn open_conn(path: &Path) -> FleetResult<Connection> {
+    let c = Connection::open(path).map_err(|e| err(format!("{}: {e}", path.display())))?;
+    c.busy_timeout(std::time::Duration::from_secs(10))
+        .map_err(err)?;
+    c.pragma_update(None, "journal_mode", "WAL").map_err(err)?;
+    c.pragma_update(None, "synchronous", "FULL").map_err(err)?;
+    c.pragma_update(None, "foreign_keys", "ON").map_err(err)?;
+    Ok(c)
+}
+
+impl SqliteFleetStore {
+    /// Opens (creating it if needed) the store in `path` and applies pending migrations.
+    pub fn open(path: &Path) -> FleetResult<SqliteFleetStore> {
+        let mut write = open_conn(path)?;
+        let version: i64 = write
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .map_err(err)?;
+        if version as usize > MIGRATIONS.len() {
+            return Err(FleetError(format!(
+                "{} has schema version {version}, newer than this build knows ({}); use a newer kickstand",
+                path.display(),
+                MIGRATIONS.len()
+            )));
+        }
+        for (i, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
+            let tx = write.transaction().map_err(err)?;
+            tx.execute_batch(sql)
+                .map_err(|e| err(format!("migration {}: {e}", i + 1)))?;
+            tx.pragma_update(None, "user_version", (i + 1) as i64)
+                .map_err(err)?;
+            tx.commit().map_err(err)?;
+        }
+        let read = open_conn(path)?;
+        Ok(SqliteFleetStore {
+            write: Mutex::new(write),
+            read: Mutex::new(read),
+        })
+    }
+}
+
+fn geofence_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<(Geofence, bool)> {
+    let kind: String = r.get(2)?;
+    let geometry: String = r.get(4)?;
+    let area = serde_json::from_str::<serde_json::Value>(&geometry)
+        .ok()
+        .and_then(|v| Area::from_geojson(&v).ok());
+    let kind = ZoneKind::parse(&kind);
+    let ok = area.is_some() && kind.is_some();
+    Ok((
+        Geofence {
+            id: r.get(0)?,
+            name: r.get(1)?,
+            kind: kind.unwrap_or(ZoneKind::OperatingArea),
+            max_speed_kmh: r.get(3)?,
+            area: area.unwrap_or(Area {
+                polygons: Vec::new(),
+                single: true,
+            }),
+            created_at: r.get(5)?,
+            updated_at: r.get(6)?,
+        },
+        ok,
+    ))
+}
+
+fn checked(row: (Geofence, bool)) -> FleetResult<Geofence> {
+    match row {
+        (g, true) => Ok(g),
+        (g, false) => Err(FleetError(format!(
+            "geofence {} is stored with an unreadable kind or geometry",
+            g.id
+        ))),
+    }
+}
+
+const GEOFENCE_COLUMNS: &str = "id, name, kind, max_speed_kmh, geometry, created_at, updated_at";
+
+fn event_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<(u64, i64, String)> {
+    Ok((r.get::<_, i64>(0)? as u64, r.get(1)?, r.get(2)?))
+}
+
+fn stored(row: (u64, i64, String)) -> FleetResult<StoredEvent> {
+    let (seq, recorded_at, body) = row;
+    let event: Event =
+        serde_json::from_str(&body).map_err(|e| err(format!("event {seq} is unreadable: {e}")))?;
+    Ok(StoredEvent {
+        seq,
+        recorded_at,
+        event,
+    })
+}
+
+impl FleetStore for SqliteFleetStore {
+    fn put_geofence(&self, g: &Geofence) -> FleetResult<()> {
+        let mut c = self.write.lock();
+        let tx = c.transaction().map_err(err)?;
+        tx.execute(
+            "INSERT INTO geofences (id, name, kind, max_speed_kmh, geometry, created_at, updated_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+             ON CONFLICT (id) DO UPDATE SET name = excluded.name, kind = excluded.kind,
+               max_speed_kmh = excluded.max_speed_kmh, geometry = excluded.geometry,
+               updated_at = excluded.updated_at",
+            params![
+                g.id,
+                g.name,
+                g.kind.as_str(),
+                g.max_speed_kmh,
+                g.area.to_geojson().to_string(),
+                g.created_at,
+                g.updated_at
+            ],
+        )
+        .map_err(err)?;
+        tx.execute(
+            "UPDATE counters SET value = value + 1 WHERE name = 'geofences_version'",
+            [],
+        )
+        .map_err(err)?;
+        tx.commit().map_err(err)
+    }
+
+    fn delete_geofence(&self, id: &str) -> FleetResult<bool> {
+        let mut c = self.write.lock();
+        let tx = c.transaction().map_err(err)?;
+        let n = tx
+            .execute("DELETE FROM geofences WHERE id = ?1", [id])
+            .map_err(err)?;
+        if n > 0 {
+            tx.execute(
+                "UPDATE counters SET value = value + 1 WHERE name = 'geofences_version'",
+                [],
+            )
+            .map_err(err)?;
+        }
+        tx.commit().map_err(err)?;
+        Ok(n > 0)
+    }
+
+    fn geofence(&self, id: &str) -> FleetResult<Option<Geofence>> {
+        let c = self.read.lock();
+        let row = c
+            .query_row(
+                &format!("SELECT {GEOFENCE_COLUMNS} FROM geofences WHERE id = ?1"),
+                [id],
+                geofence_from_row,
+            )
+            .optional()
+            .map_err(err)?;
+        row.map(checked).transpose()
+    }
+
+    fn geofences(&self) -> FleetResult<Vec<Geofence>> {
+        let c = self.read.lock();
+        let mut stmt = c
+            .prepare_cached(&format!(
+                "SELECT {GEOFENCE_COLUMNS} FROM geofences ORDER BY id"
+            ))
+            .map_err(err)?;
+        let rows = stmt.query_map([], geofence_from_row).map_err(err)?;
+        let mut out = Vec::new();
+        for row in rows {
+            out.push(checked(row.map_err(err)?)?);
+        }
+        Ok(out)
+    }
+
+    fn geofences_version(&self) -> FleetResult<u64> {
+        let c = self.read.lock();
+        c.query_row(
+            "SELECT value FROM counters WHERE name = 'geofences_version'",
+            [],
+            |r| r.get::<_, i64>(0),
+        )
+        .map(|v| v as u64)
+        .map_err(err)
+    }
+
+    fn append_events(&self, events: &[Event], recorded_at: i64) -> FleetResult<usize> {
+        if events.is_empty() {
+            return Ok(0);
+        }
+        let mut c = self.write.lock();
+        let tx = c.transaction().map_err(err)?;
+        let mut added = 0;
+        {
+            let mut stmt = tx
+                .prepare_cached(
+                    "INSERT INTO events (id, vehicle_id, kind, ts, zone_id, from_state, to_state, recorded_at, body)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9) ON CONFLICT (id) DO NOTHING",
+                )
+                .map_err(err)?;
+            for e in events {
+                let body = serde_json::to_string(e).map_err(err)?;
+                added += stmt
+                    .execute(params![
+                        e.id,
+                        e.vehicle_id.as_str(),
+                        e.kind.as_str(),
+                        e.ts,
+                        e.zone_id,
+                        e.from_state.map(VehicleState::as_str),
+                        e.to_state.map(VehicleState::as_str),
+                        recorded_at,
+                        body
+                    ])
+                    .map_err(err)?;
+            }
+        }
+        tx.commit().map_err(err)?;
+        Ok(added)
+    }
+
+    fn events(&self, q: &EventQuery) -> FleetResult<Vec<StoredEvent>> {
+        let mut sql = String::from("SELECT seq, recorded_at, body FROM events WHERE seq > ?1");
+        let mut args: Vec<rusqlite::types::Value> = vec![(q.after_seq as i64).into()];
+        let mut arg = |sql: &mut String, clause: &str, v: rusqlite::types::Value| {
+            args.push(v);
+            sql.push_str(&clause.replace('?', &format!("?{}", args.len())));
+        };
+        if let Some(v) = &q.vehicle_id {
+            arg(
+                &mut sql,
+                " AND vehicle_id = ?",
+                v.as_str().to_owned().into(),
+            );
+        }
+        if let Some(z) = &q.zone_id {
+            arg(&mut sql, " AND zone_id = ?", z.clone().into());
+        }
+        if let Some(from) = q.from {
+            arg(&mut sql, " AND ts >= ?", from.into());
+        }
+        if let Some(to) = q.to {
+            arg(&mut sql, " AND ts < ?", to.into());
+        }
+        if !q.kinds.is_empty() {
+            sql.push_str(" AND kind IN (");
+            for (i, k) in q.kinds.iter().enumerate() {
+                if i > 0 {
+                    sql.push(',');
+                }
+                arg(&mut sql, "?", k.as_str().to_owned().into());
+            }
+            sql.push(')');
+        }
+        sql.push_str(" ORDER BY seq LIMIT ");
+        sql.push_str(&q.limit.max(1).to_string());
+        let c = self.read.lock();
+        let mut stmt = c.prepare_cached(&sql).map_err(err)?;
+        let rows = stmt
+            .query_map(rusqlite::params_from_iter(args), event_from_row)
+            .map_err(err)?;
+        let mut out = Vec::new();
+        for row in rows {
+            out.push(stored(row.map_err(err)?)?);
+        }
+        Ok(out)
+    }
+
+    fn event_head(&self) -> FleetResult<u64> {
+        let c = self.read.lock();
+        c.query_row("SELECT COALESCE(MAX(seq), 0) FROM events", [], |r| {
+            r.get::<_, i64>(0)
+        })
+        .map(|v| v as u64)
+        .map_err(err)
+    }
+
+    fn drop_events_before(&self, ts: i64) -> FleetResult<usize> {
+        let c = self.write.lock();
+        c.execute("DELETE FROM events WHERE ts < ?1", [ts])
+            .map_err(err)
+    }
+
+    fn last_trip_ends(&self) -> FleetResult<Vec<(VehicleId, i64)>> {
+        let c = self.read.lock();
+        let mut stmt = c
+            .prepare_cached(
+                "SELECT vehicle_id, MAX(ts) FROM events
+                 WHERE kind = 'state_changed' AND from_state = 'on_trip' GROUP BY vehicle_id",
+            )
+            .map_err(err)?;
+        let rows = stmt
+            .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))
+            .map_err(err)?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (id, ts) = row.map_err(err)?;
+            if let Ok(id) = VehicleId::new(&id) {
+                out.push((id, ts));
+            }
+        }
+        Ok(out)
+    }
+
+    fn last_state_events(&self, vehicles: &[VehicleId]) -> FleetResult<Vec<Event>> {
+        let c = self.read.lock();
+        let mut stmt = c
+            .prepare_cached(
+                "SELECT seq, recorded_at, body FROM events
+                 WHERE vehicle_id = ?1 AND kind = 'state_changed' ORDER BY seq DESC LIMIT 1",
+            )
+            .map_err(err)?;
+        let mut out = Vec::new();
+        for v in vehicles {
+            let row = stmt
+                .query_row([v.as_str()], event_from_row)
+                .optional()
+                .map_err(err)?;
+            if let Some(row) = row {
+                out.push(stored(row)?.event);
+            }
+        }
+        Ok(out)
+    }
+}
+
+impl SqliteFleetStore {
+    /// The kinds stored, for tests and diagnostics.
+    pub fn count_events(&self, kind: EventKind) -> FleetResult<u64> {
+        let c = self.read.lock();
+        c.query_row(
+            "SELECT COUNT(*) FROM events WHERE kind = ?1",
+            [kind.as_str()],
+            |r| r.get::<_, i64>(0),
+        )
+        .map(|v| v as u64)
+        .map_err(err)
+    }
+}

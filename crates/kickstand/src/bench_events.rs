@@ -1,0 +1,261 @@
+//! `kickstand bench --phases events`: the cost of fleet intelligence. The ingest phase's load
+//! (simulated scooters over HTTP, acked when durable) is sent three times, each to a fresh
+//! server: without the fleet watch, with the quality filters only (events off), and with events
+//! on and `--events-geofences` geofences loaded over the simulated city. Also measured: the
+//! zone test alone, per fix, on the same fixes.
+
+use crate::bench::{LoadResult, load, now_ms, percentile};
+use crate::sim::{self, SEOUL, Scooter};
+use axum::body::Bytes;
+use kickstand_domain::Fix;
+use kickstand_domain::watch::{EventConfig, QualityConfig};
+use kickstand_domain::zone::{Area, Polygon, ZoneKind};
+use kickstand_engine::fleet::sqlite::SqliteFleetStore;
+use kickstand_engine::fleet::zones::{ZoneSet, Zones};
+use kickstand_engine::fleet::{FleetStore, Geofence};
+use kickstand_engine::watcher::FleetWatch;
+use kickstand_engine::{Engine, EngineConfig};
+use kickstand_http::HttpConfig;
+use serde_json::json;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Instant;
+
+#[derive(clap::Args)]
+pub struct EventsBenchArgs {
+    /// Geofences loaded for the events phase.
+    #[arg(long, default_value_t = 10_000)]
+    events_geofences: usize,
+}
+
+const M_PER_DEG_LAT: f64 = 111_195.0;
+
+/// `n` geofences over the simulated city: three operating areas that cover it, then no-parking
+/// zones of 60-120 m (nine in ten) and slow zones of 200-400 m, placed by a fixed PRNG.
+pub fn city_geofences(n: usize) -> Vec<Geofence> {
+    let m_per_deg_lon = M_PER_DEG_LAT * SEOUL.lat.to_radians().cos();
+    let square = |east_m: f64, north_m: f64, half_m: f64| {
+        let (lat, lon) = (
+            SEOUL.lat + north_m / M_PER_DEG_LAT,
+            SEOUL.lon + east_m / m_per_deg_lon,
+        );
+        let (dlat, dlon) = (half_m / M_PER_DEG_LAT, half_m / m_per_deg_lon);
+        Area {
+            polygons: vec![Polygon {
+                rings: vec![vec![
+                    [lon - dlon, lat - dlat],
+                    [lon + dlon, lat - dlat],
+                    [lon + dlon, lat + dlat],
+                    [lon - dlon, lat + dlat],
+                    [lon - dlon, lat - dlat],
+                ]],
+            }],
+            single: true,
+        }
+    };
+    let mut rng = 0x9e37_79b9_7f4a_7c15_u64;
+    let mut next = move || {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        (rng >> 11) as f64 / (1u64 << 53) as f64
+    };
+    let r = SEOUL.radius_m;
+    let mut out = Vec::with_capacity(n);
+    for i in 0..n {
+        let (kind, area, max_speed_kmh) = if i < 3 {
+            // Three overlapping areas, together the whole city and a margin.
+            let shift = (i as f64 - 1.0) * r * 0.5;
+            (ZoneKind::OperatingArea, square(shift, 0.0, r * 1.1), None)
+        } else if i % 10 == 0 {
+            let half = 100.0 + next() * 100.0;
+            let (e, nn) = ((next() * 2.0 - 1.0) * r, (next() * 2.0 - 1.0) * r);
+            (ZoneKind::SlowZone, square(e, nn, half), Some(10.0))
+        } else {
+            let half = 30.0 + next() * 30.0;
+            let (e, nn) = ((next() * 2.0 - 1.0) * r, (next() * 2.0 - 1.0) * r);
+            (ZoneKind::NoParking, square(e, nn, half), None)
+        };
+        out.push(Geofence {
+            id: format!("z{i:05}"),
+            name: format!("zone {i}"),
+            kind,
+            max_speed_kmh,
+            area,
+            created_at: 0,
+            updated_at: 0,
+        });
+    }
+    out
+}
+
+async fn run_one(
+    dir: &Path,
+    config: &EngineConfig,
+    watch: Option<(bool, &[Geofence])>,
+    bodies: Arc<Vec<Bytes>>,
+    connections: usize,
+) -> anyhow::Result<(LoadResult, u64)> {
+    let fleet = match watch {
+        None => None,
+        Some((events_on, geofences)) => {
+            let store: Arc<dyn FleetStore> =
+                Arc::new(SqliteFleetStore::open(&dir.join("fleet.db"))?);
+            for g in geofences {
+                store.put_geofence(g)?;
+            }
+            let zones = Arc::new(Zones::load(store.clone())?);
+            Some(Arc::new(FleetWatch {
+                quality: QualityConfig::default(),
+                events: EventConfig {
+                    enabled: events_on,
+                    ..EventConfig::default()
+                },
+                zones,
+                store,
+            }))
+        }
+    };
+    let d = dir.to_path_buf();
+    let cfg = config.clone();
+    let f = fleet.clone();
+    let engine = Arc::new(
+        tokio::task::spawn_blocking(move || Engine::open_watching(&d, cfg, &Default::default(), f))
+            .await??,
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(crate::server::serve(
+        listener,
+        engine.clone(),
+        HttpConfig::default(),
+        kickstand_http::MapConfig::default(),
+        None,
+        async {
+            let _ = rx.await;
+        },
+    ));
+    let result = load(addr, bodies, connections).await?;
+    let events = match &fleet {
+        Some(f) => f.store.event_head()?,
+        None => 0,
+    };
+    let _ = tx.send(());
+    task.await??;
+    Ok((result, events))
+}
+
+/// The zone test alone: every fix of the load against the index, ns per fix.
+fn zone_test_ns(geofences: &[Geofence], fixes: &[Fix]) -> (f64, f64) {
+    let set = ZoneSet::build(1, geofences);
+    let (mut slots, mut inside) = (Vec::new(), Vec::new());
+    let mut hits = 0usize;
+    let started = Instant::now();
+    for f in fixes {
+        set.containing(&f.point, &mut slots, &mut inside);
+        hits += inside.len();
+    }
+    let ns = started.elapsed().as_nanos() as f64 / fixes.len().max(1) as f64;
+    (ns, hits as f64 / fixes.len().max(1) as f64)
+}
+
+/// The shape of the ingest load (the flags of the ingest phase).
+pub struct LoadShape {
+    pub vehicles: usize,
+    pub seconds: usize,
+    pub batch: usize,
+    pub connections: usize,
+    pub seed: u64,
+}
+
+pub async fn events_phase(
+    args: &EventsBenchArgs,
+    shape: LoadShape,
+    config: &EngineConfig,
+    tmp: &Path,
+    figures: &mut serde_json::Map<String, serde_json::Value>,
+) -> anyhow::Result<()> {
+    let LoadShape {
+        vehicles,
+        seconds,
+        batch,
+        connections,
+        seed,
+    } = shape;
+    let end = now_ms() - 60_000;
+    // The same fleet as the ingest phase, kept as fixes too for the zone micro-benchmark.
+    let mut fleet: Vec<Scooter> = (0..vehicles)
+        .map(|i| Scooter::new(i, &SEOUL, seed))
+        .collect();
+    let mut bodies = Vec::new();
+    let mut fixes = Vec::new();
+    let start = end - seconds as i64 * 1000;
+    for t in 0..seconds {
+        let ts = start + t as i64 * 1000;
+        for group in fleet.chunks_mut(batch) {
+            let mut body = Vec::with_capacity(group.len() * 230 + 2);
+            body.push(b'[');
+            for (i, s) in group.iter_mut().enumerate() {
+                s.step(1.0, &SEOUL);
+                let fix = s.fix(ts, &SEOUL);
+                if i > 0 {
+                    body.push(b',');
+                }
+                sim::write_json(&mut body, &fix);
+                if fixes.len() < 2_000_000 {
+                    fixes.push(fix);
+                }
+            }
+            body.push(b']');
+            bodies.push(Bytes::from(body));
+        }
+    }
+    let bodies = Arc::new(bodies);
+    let geofences = city_geofences(args.events_geofences);
+    let (zone_ns, zones_per_fix) = zone_test_ns(&geofences, &fixes);
+
+    let mut rates = Vec::new();
+    for (name, watch) in [
+        ("no_watch", None),
+        ("events_off", Some((false, &geofences[..]))),
+        ("events_on", Some((true, &geofences[..]))),
+    ] {
+        let dir = tmp.join(format!("events-{name}"));
+        std::fs::create_dir_all(&dir)?;
+        let (r, events) = run_one(&dir, config, watch, bodies.clone(), connections).await?;
+        let rate = r.accepted as f64 / r.elapsed.as_secs_f64();
+        eprintln!(
+            "events phase {name}: {:.0} fixes/s, p99 ack {:.1} ms, {events} events",
+            rate,
+            percentile(&r.latencies_ms, 0.99)
+        );
+        figures.insert(format!("events_{name}_points_per_s"), json!(rate.round()));
+        figures.insert(
+            format!("events_{name}_ack_p99_ms"),
+            json!(percentile(&r.latencies_ms, 0.99)),
+        );
+        if name == "events_on" {
+            figures.insert("events_on_events_stored".into(), json!(events));
+        }
+        rates.push(rate);
+    }
+    figures.insert("events_geofences".into(), json!(args.events_geofences));
+    figures.insert(
+        "events_zone_test_ns_per_fix".into(),
+        json!((zone_ns * 10.0).round() / 10.0),
+    );
+    figures.insert(
+        "events_zones_per_fix".into(),
+        json!((zones_per_fix * 1000.0).round() / 1000.0),
+    );
+    figures.insert(
+        "events_on_vs_off".into(),
+        json!(((rates[2] / rates[1]) * 1000.0).round() / 1000.0),
+    );
+    figures.insert(
+        "events_on_vs_no_watch".into(),
+        json!(((rates[2] / rates[0]) * 1000.0).round() / 1000.0),
+    );
+    Ok(())
+}
