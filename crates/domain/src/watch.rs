@@ -219,7 +219,7 @@ pub struct VehicleWatch {
     /// Slow zones a `speeding_in_slow_zone` was sent for, until the speed drops or the vehicle
     /// leaves them.
     speeding_reported: Vec<Arc<str>>,
-    /// `moving_while_locked` was sent; reset when the vehicle is unlocked or still.
+    /// `moving_while_locked` was sent; reset when the vehicle reports being unlocked.
     locked_alarm: bool,
     /// Where the vehicle was when it was first seen locked in the current locked period.
     locked_at: Option<(i32, i32)>,
@@ -254,6 +254,25 @@ impl VehicleWatch {
             .battery_dpct
             .is_some_and(|b| f64::from(b) < events.battery_low_pct * 10.0);
         w.locked_at = (last.locked == Some(true)).then_some((last.lat_e6, last.lon_e6));
+        // What the newest fix already reported, so the next fix does not report it again:
+        // parked in a no-parking zone, speeding in a slow zone.
+        let parked = last.state != Some(VehicleState::OnTrip)
+            && last
+                .speed_dkmh
+                .is_none_or(|s| f64::from(s) <= events.parked_max_kmh * 10.0);
+        for z in zones {
+            match z.kind {
+                ZoneKind::NoParking if parked => w.parked_reported.push(z.id.clone()),
+                ZoneKind::SlowZone
+                    if last
+                        .speed_dkmh
+                        .is_some_and(|s| z.limit_dkmh.is_some_and(|l| s > l)) =>
+                {
+                    w.speeding_reported.push(z.id.clone())
+                }
+                _ => {}
+            }
+        }
         w
     }
 
@@ -671,6 +690,36 @@ mod tests {
             r.kinds(&parked(T0 + 4000), &[&np])
                 .contains(&EventKind::ParkedInNoParking)
         );
+    }
+
+    #[test]
+    fn a_watch_seeded_after_a_restart_does_not_repeat_what_the_newest_fix_reported() {
+        let e = EventConfig::default();
+        let q = QualityConfig::default().rules_for("s-1");
+        let np = zone("np", ZoneKind::NoParking, None);
+        let slow = zone("slow", ZoneKind::SlowZone, Some(10));
+        let mut last = with_state(fix(T0, LAT, LON), VehicleState::Available);
+        last.point.battery_dpct = Some(100);
+        let mut w = VehicleWatch::seeded(last.point, &[&np], &e);
+        let mut out = Vec::new();
+        let next = with_state(fix(T0 + 1000, LAT, LON), VehicleState::Available);
+        w.observe(&next, &[&np], &q, Some(&e), T0, &mut out);
+        assert!(out.is_empty(), "{out:?}");
+        let mut fast = fix(T0, LAT, LON);
+        fast.point.speed_dkmh = Some(200);
+        let mut w = VehicleWatch::seeded(fast.point, &[&slow], &e);
+        let mut again = fix(T0 + 1000, LAT, LON);
+        again.point.speed_dkmh = Some(210);
+        w.observe(&again, &[&slow], &q, Some(&e), T0, &mut out);
+        assert!(out.is_empty(), "{out:?}");
+        // A battery already low is not reported again either.
+        let mut low = fix(T0, LAT, LON);
+        low.point.battery_dpct = Some(50);
+        let mut w = VehicleWatch::seeded(low.point, &[], &e);
+        let mut still = fix(T0 + 1000, LAT, LON);
+        still.point.battery_dpct = Some(40);
+        w.observe(&still, &[], &q, Some(&e), T0, &mut out);
+        assert!(out.is_empty(), "{out:?}");
     }
 
     #[test]

@@ -123,7 +123,6 @@ impl ShardWatcher {
                 Verdict::Flagged(q) => {
                     fix.point.quality = q;
                     flagged += 1;
-                    count_flags(q);
                 }
                 Verdict::Latest | Verdict::Late => {}
             }
@@ -180,7 +179,8 @@ impl ShardWatcher {
     }
 }
 
-fn count_flags(q: Quality) {
+/// Counts the flags of a fix that was stored (not of a duplicate).
+pub fn count_flags(q: Quality) {
     for (flag, name) in Quality::NAMED {
         if q.has(flag) {
             metrics::counter!(crate::metrics::FIXES_FLAGGED_TOTAL, "reason" => name).increment(1);

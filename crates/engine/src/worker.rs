@@ -106,6 +106,11 @@ pub fn run(
                 let latest: &[_] = if flagged == 0 {
                     &fixes
                 } else {
+                    for (f, new) in fixes.iter().zip(&is_new) {
+                        if *new && !f.point.quality.is_good() {
+                            crate::watcher::count_flags(f.point.quality);
+                        }
+                    }
                     good.clear();
                     good.extend(fixes.iter().filter(|f| f.point.quality.is_good()).cloned());
                     &good

@@ -20,7 +20,7 @@
 use std::collections::HashSet;
 use std::fmt::Write as _;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 use sha2::{Digest, Sha256};
 
@@ -42,7 +42,7 @@ pub const FEEDS: [&str; 6] = [
 ///
 /// Call [`GbfsConfig::validate`] at start-up: the builders trust these values and would
 /// otherwise publish files that fail the GBFS schemas.
-#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct GbfsConfig {
     /// Identifier of this system in `system_information.json` and `manifest.json`. Should be
@@ -122,7 +122,7 @@ impl Default for GbfsConfig {
 }
 
 /// One kind of vehicle in `vehicle_types.json` (`[[gbfs.vehicle_types]]`).
-#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct VehicleTypeConfig {
     /// Identifier of the type, referenced by every vehicle of the type.
@@ -169,7 +169,7 @@ impl Default for VehicleTypeConfig {
 }
 
 /// GBFS `form_factor`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum FormFactor {
     Bicycle,
@@ -196,7 +196,7 @@ impl FormFactor {
 }
 
 /// GBFS `propulsion_type`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum PropulsionType {
     Human,

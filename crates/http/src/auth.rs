@@ -257,6 +257,9 @@ pub struct Guard {
     /// `None`: authentication is off (`--auth off`, loopback only).
     pub keys: Option<Arc<KeyStore>>,
     pub scope: Scope,
+    /// Take the key from `access_token` in the query on every path (the OsmAnd port, where
+    /// every path is a report), not only on the paths of clients that cannot send headers.
+    pub query_token: bool,
 }
 
 fn unauthorized(detail: &str) -> Response {
@@ -269,7 +272,7 @@ fn unauthorized(detail: &str) -> Response {
 /// The token of a request: `Authorization: Bearer …`, or `access_token=` in the query of the
 /// live stream (browsers' EventSource cannot send headers) and of OsmAnd reports (devices
 /// cannot either).
-fn token_of(req: &Request) -> Option<String> {
+fn token_of(req: &Request, query_token: bool) -> Option<String> {
     if let Some(v) = req.headers().get(header::AUTHORIZATION) {
         let v = v.to_str().ok()?;
         let (kind, token) = v.split_once(' ')?;
@@ -278,7 +281,7 @@ fn token_of(req: &Request) -> Option<String> {
             .then(|| token.trim().to_owned());
     }
     // The live stream (EventSource) and OsmAnd devices, whose protocol port serves `/`.
-    if matches!(req.uri().path(), "/api/v1/stream" | "/osmand" | "/") {
+    if query_token || matches!(req.uri().path(), "/api/v1/stream" | "/osmand") {
         return req
             .uri()
             .query()?
@@ -293,7 +296,7 @@ pub async fn require(State(guard): State<Guard>, req: Request, next: Next) -> Re
     let Some(keys) = &guard.keys else {
         return next.run(req).await;
     };
-    let Some(token) = token_of(&req) else {
+    let Some(token) = token_of(&req, guard.query_token) else {
         return unauthorized("this route needs an API key: send Authorization: Bearer <key>");
     };
     match keys.verify(&token) {

@@ -10,6 +10,7 @@
 
 pub mod auth;
 pub mod events;
+pub mod feeds;
 pub mod geofences;
 pub mod json;
 pub mod openapi;
@@ -58,6 +59,9 @@ pub struct HttpConfig {
     pub body_timeout_secs: u64,
     /// Live streams (`/api/v1/stream`) open at once; more get 503.
     pub max_streams: usize,
+    /// The absolute URL clients reach this server at (`https://fleet.example.com`), for the
+    /// links in GBFS and MDS; taken from each request's `Host` header when unset.
+    pub public_url: Option<String>,
 }
 
 /// Settings of the live map (`[map]`).
@@ -78,6 +82,7 @@ impl Default for HttpConfig {
             max_inflight_ingest: 128,
             body_timeout_secs: 30,
             max_streams: 64,
+            public_url: None,
         }
     }
 }
@@ -96,6 +101,13 @@ pub struct AppState {
     pub map: MapConfig,
     /// API keys; `None` when authentication is off.
     pub keys: Option<Arc<auth::KeyStore>>,
+    /// Set to `true` when the server starts shutting down, so long-lived responses (live
+    /// streams) end and graceful shutdown does not wait for them forever.
+    pub closing: Arc<tokio::sync::watch::Sender<bool>>,
+    /// GBFS and MDS settings.
+    pub feeds: Arc<feeds::FeedSettings>,
+    /// Webhook subscriptions; `None` in a process without events (the routes answer 404).
+    pub webhooks: Option<Arc<kickstand_webhooks::WebhookService>>,
 }
 
 impl AppState {
@@ -118,8 +130,43 @@ impl AppState {
             stream_slots,
             map,
             keys,
+            closing: Arc::new(tokio::sync::watch::channel(false).0),
+            feeds: Arc::new(feeds::FeedSettings::default()),
+            webhooks: None,
         }
     }
+
+    /// With the GBFS and MDS settings (`public_url` is taken from the HTTP settings).
+    pub fn with_feeds(mut self, mut feeds: feeds::FeedSettings) -> AppState {
+        feeds.public_url = self.config.public_url.clone();
+        self.feeds = Arc::new(feeds);
+        self
+    }
+
+    /// With webhook subscriptions.
+    pub fn with_webhooks(
+        mut self,
+        webhooks: Option<Arc<kickstand_webhooks::WebhookService>>,
+    ) -> AppState {
+        self.webhooks = webhooks;
+        self
+    }
+}
+
+/// Whether this process runs a webhook service, put in every request by [`router`].
+#[derive(Clone, Copy)]
+struct WebhooksPresent(bool);
+
+/// Answers 404 on the webhook routes of a process that runs no webhook service.
+async fn webhooks_available(
+    axum::Extension(present): axum::Extension<WebhooksPresent>,
+    req: Request,
+    next: axum::middleware::Next,
+) -> Response {
+    if !present.0 {
+        return Problem::not_found("webhooks are not available in this process").into_response();
+    }
+    next.run(req).await
 }
 
 /// Every route with its documentation, route groups behind the scope they need (see
@@ -142,6 +189,25 @@ fn routes(keys: Option<Arc<auth::KeyStore>>) -> OpenApiRouter<AppState> {
         Scope::Operate,
         &keys,
     );
+    let webhook_routes = guarded(
+        kickstand_webhooks::api::router::<AppState>()
+            .route_layer(axum::middleware::from_fn(webhooks_available)),
+        Scope::Operate,
+        &keys,
+    );
+    let mds_routes = guarded(
+        OpenApiRouter::new()
+            .routes(routes!(feeds::mds_vehicles))
+            .routes(routes!(feeds::mds_vehicle))
+            .routes(routes!(feeds::mds_vehicles_status))
+            .routes(routes!(feeds::mds_vehicle_status))
+            .routes(routes!(feeds::mds_trips))
+            .routes(routes!(feeds::mds_telemetry))
+            .routes(routes!(feeds::mds_events_historical))
+            .routes(routes!(feeds::mds_events_recent)),
+        Scope::Read,
+        &keys,
+    );
     let read_routes = guarded(
         OpenApiRouter::new()
             .routes(routes!(list_vehicles))
@@ -162,10 +228,13 @@ fn routes(keys: Option<Arc<auth::KeyStore>>) -> OpenApiRouter<AppState> {
         .routes(routes!(healthz))
         .routes(routes!(readyz))
         .routes(routes!(openapi::openapi_json))
-        .routes(routes!(openapi::api_page));
+        .routes(routes!(openapi::api_page))
+        .routes(routes!(feeds::gbfs_file));
     OpenApiRouter::with_openapi(<openapi::ApiDoc as utoipa::OpenApi>::openapi())
         .merge(ingest_routes)
         .merge(operate_routes)
+        .merge(webhook_routes)
+        .merge(mds_routes)
         .merge(read_routes)
         .merge(open_routes)
 }
@@ -181,6 +250,7 @@ fn guarded(
     let guard = auth::Guard {
         keys: keys.clone(),
         scope,
+        query_token: false,
     };
     group.route_layer(axum::middleware::from_fn_with_state(guard, auth::require))
 }
@@ -188,7 +258,9 @@ fn guarded(
 /// The whole API, route groups behind the scope they need (see [`auth`]).
 pub fn router(state: AppState) -> Router<()> {
     let (api, _doc) = routes(state.keys.clone()).split_for_parts();
+    let present = WebhooksPresent(state.webhooks.is_some());
     api.fallback(|| async { Problem::not_found("no such route") })
+        .layer(axum::Extension(present))
         .with_state(state)
 }
 

@@ -578,22 +578,76 @@ mod tests {
         out
     }
 
+    /// An engine with every service of `kickstand run`: the fleet store (geofences, events)
+    /// and webhook subscriptions.
     fn engine(dir: &std::path::Path) -> Arc<Engine> {
+        use kickstand_engine::fleet::FleetStore;
+        use kickstand_engine::fleet::sqlite::SqliteFleetStore;
+        use kickstand_engine::fleet::zones::Zones;
+        use kickstand_engine::watcher::FleetWatch;
         let config = EngineConfig {
             workers: 2,
             ..EngineConfig::default()
         };
-        Arc::new(Engine::start_embedded(dir, config).expect("engine starts"))
+        let store: Arc<dyn FleetStore> =
+            Arc::new(SqliteFleetStore::open(&dir.join("fleet.db")).expect("fleet store opens"));
+        let fleet = Arc::new(FleetWatch {
+            quality: Default::default(),
+            events: Default::default(),
+            zones: Arc::new(Zones::load(store.clone()).expect("zones load")),
+            store,
+        });
+        let history = kickstand_engine::history::HistoryConfig::default();
+        Arc::new(Engine::open_watching(dir, config, &history, Some(fleet)).expect("engine starts"))
+    }
+
+    /// The fleet store as a webhook event feed.
+    struct Feed(Arc<dyn kickstand_engine::fleet::FleetStore>);
+
+    impl kickstand_webhooks::EventFeed for Feed {
+        fn events_after(
+            &self,
+            seq: u64,
+            limit: usize,
+        ) -> Result<Vec<(u64, kickstand_domain::event::Event)>, String> {
+            let q = kickstand_engine::fleet::EventQuery {
+                after_seq: seq,
+                limit,
+                ..Default::default()
+            };
+            let page = self.0.events(&q).map_err(|e| e.0)?;
+            Ok(page.into_iter().map(|e| (e.seq, e.event)).collect())
+        }
+
+        fn head(&self) -> Result<u64, String> {
+            self.0.event_head().map_err(|e| e.0)
+        }
     }
 
     fn app(engine: &Arc<Engine>, keys: Option<Arc<KeyStore>>) -> axum::Router {
-        crate::router(AppState::new(
-            engine.clone(),
-            crate::HttpConfig::default(),
-            crate::MapConfig::default(),
-            keys,
-            None,
-        ))
+        let fleet = engine.fleet.as_ref().expect("the test engine has a fleet");
+        let dir = tempfile::tempdir().expect("a temporary directory").keep();
+        let config = kickstand_webhooks::WebhookConfig::default();
+        let webhooks = kickstand_webhooks::WebhookService {
+            store: Arc::new(
+                kickstand_webhooks::WebhookStore::open(dir.join("webhooks.db"))
+                    .expect("webhook store opens"),
+            ),
+            feed: Arc::new(Feed(fleet.store.clone())),
+            sender: kickstand_webhooks::Sender::new(&config).expect("a client"),
+            config,
+            dispatcher: None,
+        };
+        crate::router(
+            AppState::new(
+                engine.clone(),
+                crate::HttpConfig::default(),
+                crate::MapConfig::default(),
+                keys,
+                None,
+            )
+            .with_webhooks(Some(Arc::new(webhooks))),
+        )
     }
 
     /// A concrete URI for a documented path.
@@ -757,6 +811,7 @@ mod tests {
                 "/",
                 "/api/v1/docs",
                 "/api/v1/openapi.json",
+                "/gbfs/3.0/{file}",
                 "/healthz",
                 "/readyz"
             ],

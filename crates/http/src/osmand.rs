@@ -103,6 +103,7 @@ pub fn protocol_router(app: AppState) -> axum::Router<()> {
     let guard = crate::auth::Guard {
         keys: app.keys.clone(),
         scope: crate::auth::Scope::Ingest,
+        query_token: true,
     };
     axum::Router::new()
         .fallback(|State(app): State<AppState>, req: Request| async move {

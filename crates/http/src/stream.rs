@@ -196,6 +196,11 @@ pub async fn stream(
             }
         }
     });
+    // The stream ends when the server shuts down, so graceful shutdown is not held open.
+    let mut closing = app.closing.subscribe();
+    let events = futures_util::StreamExt::take_until(events, async move {
+        let _ = closing.wait_for(|c| *c).await;
+    });
     Ok(Sse::new(events).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
 }
 

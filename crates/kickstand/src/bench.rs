@@ -117,16 +117,16 @@ async fn start_server(dir: &Path, config: EngineConfig) -> anyhow::Result<Server
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(crate::server::serve(
-        listener,
+    let state = kickstand_http::AppState::new(
         engine.clone(),
         HttpConfig::default(),
         kickstand_http::MapConfig::default(),
         None,
-        async {
-            let _ = rx.await;
-        },
-    ));
+        crate::server::metrics_handle(),
+    );
+    let task = tokio::spawn(crate::server::serve(listener, state, async {
+        let _ = rx.await;
+    }));
     Ok(Server {
         addr,
         engine,

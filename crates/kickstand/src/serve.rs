@@ -12,7 +12,7 @@
 //! - `api`: the query API, the live stream and the map (stateless: everything comes from Redis
 //!   and the history store).
 
-use crate::server::{metrics_handle, open_keys, serve_http, shutdown_signal};
+use crate::server::{app_state, metrics_handle, open_keys, serve_http, shutdown_signal};
 use crate::settings::Settings;
 use anyhow::Context;
 use kickstand_engine::Engine;
@@ -82,7 +82,7 @@ pub fn run_blocking(settings: Settings, roles: BTreeSet<Role>) -> anyhow::Result
     rt.block_on(serve(settings, roles))
 }
 
-async fn serve(settings: Settings, roles: BTreeSet<Role>) -> anyhow::Result<()> {
+async fn serve(mut settings: Settings, roles: BTreeSet<Role>) -> anyhow::Result<()> {
     std::fs::create_dir_all(&settings.data_dir).with_context(|| {
         format!(
             "cannot create data directory {}",
@@ -172,16 +172,15 @@ async fn serve(settings: Settings, roles: BTreeSet<Role>) -> anyhow::Result<()> 
         .collect();
     tracing::info!(message = "kickstand serve is running", %addr, roles = %names.join(","), history = ?settings.history.kind, state = ?settings.state.kind);
     let keys = open_keys(&settings, addr)?;
+    if settings.gbfs.rotation_secret.is_empty() {
+        tracing::warn!(
+            message = "gbfs.rotation_secret is not set: this process keeps its own key in its data directory, so API processes on other machines publish different GBFS vehicle ids; set one key for the deployment"
+        );
+    }
+    settings.gbfs.rotation_secret = crate::server::gbfs_rotation_secret(&settings)?;
     let _ = metrics_handle();
-    let result = serve_http(
-        listener,
-        engine.clone(),
-        settings.http.clone(),
-        settings.map.clone(),
-        keys,
-        shutdown_signal(),
-    )
-    .await;
+    let state = app_state(engine.clone(), &settings, keys, None);
+    let result = serve_http(listener, state, shutdown_signal()).await;
     // Ingest stops first (nothing new is confirmed to devices), then the workers finish the
     // groups in hand and ack them; unacked messages stay in RabbitMQ for the next worker.
     let _ = stop_tx.send(true);

@@ -5,14 +5,18 @@
 
 use crate::settings::{LogSettings, Settings};
 use anyhow::Context;
+use kickstand_domain::event::Event;
 use kickstand_engine::Engine;
+use kickstand_engine::fleet::EventQuery;
 use kickstand_engine::fleet::FleetStore;
 use kickstand_engine::fleet::sqlite::SqliteFleetStore;
 use kickstand_engine::fleet::zones::Zones;
 use kickstand_engine::history::HistoryKind;
 use kickstand_engine::watcher::FleetWatch;
 use kickstand_http::auth::{KeyStore, Scope};
-use kickstand_http::{AppState, HttpConfig, MapConfig, router};
+use kickstand_http::feeds::FeedSettings;
+use kickstand_http::{AppState, router};
+use kickstand_webhooks::{Dispatcher, EventFeed, Sender, WebhookService, WebhookStore};
 use metrics_exporter_prometheus::PrometheusHandle;
 use std::future::Future;
 use std::sync::Arc;
@@ -57,13 +61,11 @@ pub fn metrics_handle() -> Option<PrometheusHandle> {
 /// Serves the API on `listener` until `shutdown` resolves, then drains the engine.
 pub async fn serve(
     listener: TcpListener,
-    engine: Arc<Engine>,
-    http: HttpConfig,
-    map: MapConfig,
-    keys: Option<Arc<KeyStore>>,
+    state: AppState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    serve_http(listener, engine.clone(), http, map, keys, shutdown).await?;
+    let engine = state.engine.clone();
+    serve_http(listener, state, shutdown).await?;
     tracing::info!(message = "HTTP server stopped; draining the pipeline");
     tokio::task::spawn_blocking(move || engine.shutdown()).await?;
     Ok(())
@@ -73,17 +75,92 @@ pub async fn serve(
 /// answered; leaves the engine running.
 pub async fn serve_http(
     listener: TcpListener,
-    engine: Arc<Engine>,
-    http: HttpConfig,
-    map: MapConfig,
-    keys: Option<Arc<KeyStore>>,
+    state: AppState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let app = router(AppState::new(engine, http, map, keys, metrics_handle()));
+    let closing = state.closing.clone();
+    let app = router(state);
     axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
+        .with_graceful_shutdown(async move {
+            shutdown.await;
+            let _ = closing.send(true);
+        })
         .await
         .context("HTTP server failed")
+}
+
+/// The handlers' state of a server with these settings: the engine, keys, feeds, and the
+/// webhook service when there is one.
+pub fn app_state(
+    engine: Arc<Engine>,
+    settings: &Settings,
+    keys: Option<Arc<KeyStore>>,
+    webhooks: Option<Arc<WebhookService>>,
+) -> AppState {
+    AppState::new(
+        engine,
+        settings.http.clone(),
+        settings.map.clone(),
+        keys,
+        metrics_handle(),
+    )
+    .with_feeds(FeedSettings {
+        gbfs: settings.gbfs.clone(),
+        mds: settings.mds.clone(),
+        public_url: None,
+    })
+    .with_webhooks(webhooks)
+}
+
+/// The fleet store as the webhook dispatcher's event feed.
+struct FleetFeed(Arc<dyn FleetStore>);
+
+impl EventFeed for FleetFeed {
+    fn events_after(&self, seq: u64, limit: usize) -> Result<Vec<(u64, Event)>, String> {
+        let q = EventQuery {
+            after_seq: seq,
+            limit,
+            ..EventQuery::default()
+        };
+        self.0
+            .events(&q)
+            .map(|page| page.into_iter().map(|e| (e.seq, e.event)).collect())
+            .map_err(|e| e.0)
+    }
+
+    fn head(&self) -> Result<u64, String> {
+        self.0.event_head().map_err(|e| e.0)
+    }
+}
+
+/// The webhook subscriptions (`webhooks.db` in the data directory) and their dispatcher, which
+/// follows the fleet's events until `shutdown`.
+pub fn start_webhooks(
+    settings: &Settings,
+    fleet: &FleetWatch,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<Arc<WebhookService>> {
+    let path = settings.data_dir.join("webhooks.db");
+    let store = Arc::new(
+        WebhookStore::open(&path)
+            .with_context(|| format!("cannot open the webhook store {}", path.display()))?,
+    );
+    let feed: Arc<dyn EventFeed> = Arc::new(FleetFeed(fleet.store.clone()));
+    let sender = Sender::new(&settings.webhooks).context("cannot set up the webhook client")?;
+    let (handle, _task) = Dispatcher::spawn(
+        store.clone(),
+        feed.clone(),
+        sender.clone(),
+        &settings.webhooks,
+        shutdown,
+    );
+    Ok(Arc::new(WebhookService {
+        store,
+        feed,
+        sender,
+        config: settings.webhooks.clone(),
+        dispatcher: Some(handle),
+    }))
 }
 
 /// Opens the API keys of `settings.data_dir` (or none when authentication is off) and prints the
@@ -181,18 +258,42 @@ pub fn open_fleet(settings: &Settings) -> anyhow::Result<Arc<FleetWatch>> {
     }))
 }
 
-pub fn run_blocking(settings: Settings, options: RunOptions) -> anyhow::Result<()> {
+/// The key of the GBFS public-id rotation: `gbfs.rotation_secret`, or one made at the first
+/// start and kept in `gbfs-rotation.key` in the data directory (so ids stay stable across
+/// restarts and nobody without the file can map them back to fleet ids).
+pub fn gbfs_rotation_secret(settings: &Settings) -> anyhow::Result<String> {
+    if !settings.gbfs.rotation_secret.is_empty() {
+        return Ok(settings.gbfs.rotation_secret.clone());
+    }
+    let path = settings.data_dir.join("gbfs-rotation.key");
+    if let Ok(text) = std::fs::read_to_string(&path)
+        && text.trim().len() >= 32
+    {
+        return Ok(text.trim().to_owned());
+    }
+    let mut bytes = [0u8; 32];
+    getrandom::fill(&mut bytes).map_err(|e| anyhow::anyhow!("no random source: {e}"))?;
+    let key: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, &key).with_context(|| format!("cannot write {}", tmp.display()))?;
+    std::fs::rename(&tmp, &path).with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(key)
+}
+
+pub fn run_blocking(mut settings: Settings, options: RunOptions) -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
     rt.block_on(async move {
         std::fs::create_dir_all(&settings.data_dir)
             .with_context(|| format!("cannot create data directory {}", settings.data_dir.display()))?;
+        settings.gbfs.rotation_secret = gbfs_rotation_secret(&settings)?;
+        let fleet = open_fleet(&settings)?;
         let engine = {
             let dir = settings.data_dir.clone();
             let cfg = settings.engine.clone();
             let history = settings.history.clone();
-            let fleet = open_fleet(&settings)?;
+            let fleet = fleet.clone();
             tokio::task::spawn_blocking(move || Engine::open_watching(&dir, cfg, &history, Some(fleet)))
                 .await?
                 .with_context(|| match settings.history.kind {
@@ -212,6 +313,12 @@ pub fn run_blocking(settings: Settings, options: RunOptions) -> anyhow::Result<(
             tokio::spawn(demo_fleet(engine.clone(), options.demo));
         }
         let (stop_mqtt, stopped) = tokio::sync::watch::channel(false);
+        let webhooks = {
+            let mut stop = stopped.clone();
+            start_webhooks(&settings, &fleet, async move {
+                let _ = stop.changed().await;
+            })?
+        };
         if settings.mqtt.enabled {
             let dead = Arc::new(crate::mqtt::DeadLetters::open(&settings.data_dir)?);
             tracing::info!(message = "mqtt ingest started", host = %settings.mqtt.host, port = settings.mqtt.port, topic = %settings.mqtt.topic, dead_letters = %dead.path().display());
@@ -222,7 +329,7 @@ pub fn run_blocking(settings: Settings, options: RunOptions) -> anyhow::Result<(
                 .await
                 .with_context(|| format!("cannot listen for OsmAnd devices on {osmand}"))?;
             tracing::info!(message = "osmand protocol port open", addr = %listener.local_addr()?);
-            let app = AppState::new(engine.clone(), settings.http.clone(), settings.map.clone(), keys.clone(), None);
+            let app = app_state(engine.clone(), &settings, keys.clone(), None);
             let mut stop = stopped.clone();
             tokio::spawn(async move {
                 let router = kickstand_http::osmand::protocol_router(app);
@@ -235,7 +342,8 @@ pub fn run_blocking(settings: Settings, options: RunOptions) -> anyhow::Result<(
             });
         }
         // Unacked MQTT messages at shutdown are sent again by the broker on the next start.
-        let result = serve(listener, engine, settings.http, settings.map, keys, shutdown_signal()).await;
+        let state = app_state(engine, &settings, keys, Some(webhooks));
+        let result = serve(listener, state, shutdown_signal()).await;
         let _ = stop_mqtt.send(true);
         result
     })

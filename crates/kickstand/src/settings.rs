@@ -10,7 +10,10 @@ use kickstand_engine::EngineConfig;
 use kickstand_engine::history::{HistoryConfig, HistoryKind};
 use kickstand_engine::rabbitmq::{TransportConfig, TransportKind};
 use kickstand_engine::state::{StateConfig, StateKind};
+use kickstand_feeds::gbfs::GbfsConfig;
+use kickstand_feeds::mds::MdsConfig;
 use kickstand_http::{HttpConfig, MapConfig};
+use kickstand_webhooks::WebhookConfig;
 use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -39,6 +42,12 @@ pub struct Settings {
     pub events: EventConfig,
     /// The OsmAnd / Traccar Client protocol (always on `/osmand` of the API).
     pub osmand: OsmandSettings,
+    /// The public GBFS 3.0 feed (`/gbfs/3.0/`): operator details and vehicle types.
+    pub gbfs: GbfsConfig,
+    /// The MDS 2.0 Provider API (`/mds/`).
+    pub mds: MdsConfig,
+    /// Delivery of fleet events to webhook subscriptions (`/api/v1/webhooks`).
+    pub webhooks: WebhookConfig,
 }
 
 #[derive(Clone, Debug, Default, Deserialize, Serialize)]
@@ -99,6 +108,9 @@ impl Default for Settings {
             quality: QualityConfig::default(),
             events: EventConfig::default(),
             osmand: OsmandSettings::default(),
+            gbfs: GbfsConfig::default(),
+            mds: MdsConfig::default(),
+            webhooks: WebhookConfig::default(),
         }
     }
 }
@@ -174,6 +186,11 @@ impl Settings {
             );
         }
         self.quality.validate().map_err(anyhow::Error::msg)?;
+        self.gbfs.validate().context("gbfs")?;
+        self.mds.validate().context("mds")?;
+        self.webhooks
+            .validate()
+            .map_err(|e| anyhow::anyhow!("webhooks: {e}"))?;
         self.events.validate().map_err(anyhow::Error::msg)?;
         anyhow::ensure!(
             matches!(self.log.format.as_str(), "text" | "json"),
@@ -214,6 +231,12 @@ mod tests {
             assert_eq!(s.listen, d.listen);
             assert_eq!(s.engine.bucket_secs, d.engine.bucket_secs);
             assert_eq!(s.http.body_limit_bytes, d.http.body_limit_bytes);
+            assert_eq!(s.quality, d.quality);
+            assert_eq!(s.events, d.events);
+            assert_eq!(s.gbfs, d.gbfs);
+            assert_eq!(s.mds, d.mds);
+            assert_eq!(s.webhooks, d.webhooks);
+            assert_eq!(s.osmand.listen, d.osmand.listen);
         });
     }
 

@@ -63,7 +63,9 @@ async fn ingest_then_query_everything() {
         })
         .collect();
     batch.push(fix("scooter-2", t, 37.5005, 127.0005));
-    batch.push(json!({"vehicle_id": "scooter-3", "ts": "2026-01-01T00:00:00Z", "lat": 37.51, "lon": 127.01, "state": "available", "battery_pct": 12}));
+    // Two days old, as RFC 3339 (older than the quality filter's 7 days would be flagged).
+    let two_days_ago = kickstand_domain::timefmt::format_ms(t - 2 * 86_400_000);
+    batch.push(json!({"vehicle_id": "scooter-3", "ts": two_days_ago, "lat": 37.51, "lon": 127.01, "state": "available", "battery_pct": 12}));
     let (status, body) = post_json(&c, &s, &json!(batch)).await;
     assert_eq!(status, 202, "{body}");
     assert_eq!(
@@ -169,7 +171,7 @@ async fn ingest_then_query_everything() {
     assert_eq!(v["by_state"]["on_trip"], 1);
     assert_eq!(v["by_state"]["available"], 1);
     assert_eq!(v["by_state"]["unknown"], 1);
-    assert_eq!(v["stale"], 1, "scooter-3 last reported in January");
+    assert_eq!(v["stale"], 1, "scooter-3 last reported two days ago");
 
     let (status, v) = get(&c, &s, "/api/v1/vehicles/nobody").await;
     assert_eq!(status, 404);

@@ -67,7 +67,9 @@ async fn updates_arrive_for_the_box_and_not_outside_it() {
     post(vec![
         fix("inside-1", t, 37.55, 126.95),
         fix("inside-2", t, 37.56, 126.96),
-        fix("outside", t, 35.1, 129.0),
+        // Three hours earlier, so driving into the box later is 90 km/h, not a GPS jump
+        // (which would be flagged and kept out of the latest state).
+        fix("outside", t - 3 * 3_600_000, 35.1, 129.0),
     ])
     .await;
     let mut resp = c
@@ -87,7 +89,7 @@ async fn updates_arrive_for_the_box_and_not_outside_it() {
         fix("inside-1", t + 1000, 37.551, 126.95),
         fix("inside-1", t + 2000, 37.552, 126.95),
         fix("inside-1", t + 3000, 37.553, 126.95),
-        fix("outside", t + 1000, 35.2, 129.0),
+        fix("outside", t - 3 * 3_600_000 + 1000, 35.101, 129.0),
     ])
     .await;
     let next = events(&mut resp, &mut buf, 1).await;

@@ -25,13 +25,14 @@
 //! # Wiring
 //!
 //! ```text
-//! let store = Arc::new(WebhookStore::open(data_dir.join("webhooks.sqlite"))?);
+//! let store = Arc::new(WebhookStore::open(data_dir.join("webhooks.db"))?);
 //! let sender = Sender::new(&config)?;
 //! let (handle, task) = Dispatcher::spawn(store.clone(), feed.clone(), sender.clone(), &config, shutdown);
 //! let service = Arc::new(WebhookService { store, feed, sender, config, dispatcher: Some(handle) });
 //! let routes = kickstand_webhooks::api::router::<AppState>(); // AppState: FromRef -> Arc<WebhookService>
 //! ```
-//! The engine calls `handle.notify()` after storing events to skip the poll delay.
+//! `handle.notify()` skips the poll delay (creating or re-enabling a subscription calls it;
+//! new events are found by the poll, every `poll_interval_ms`).
 //!
 //! # A delivery
 //!

@@ -87,23 +87,8 @@ pub trait FleetStore: Send + Sync + 'static {
     /// For every vehicle that ever ended a trip, when it last did (the `ts` of its newest
     /// `state_changed` event from `on_trip`).
     fn last_trip_ends(&self) -> FleetResult<Vec<(VehicleId, i64)>>;
-    /// The newest `state_changed` event of each of `vehicles` (MDS vehicle status).
+    /// The newest `state_changed` or `stale` event of each of `vehicles` (MDS vehicle status).
     fn last_state_events(&self, vehicles: &[VehicleId]) -> FleetResult<Vec<Event>>;
-}
-
-/// Where the fleet store lives (`[fleet]` in the config file).
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct FleetConfig {
-    /// `sqlite` (a file in the data directory; one process) is the only kind so far.
-    pub kind: FleetKind,
-}
-
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum FleetKind {
-    #[default]
-    Sqlite,
 }
 
 /// Whether an event's `to_state` ends a trip.

@@ -177,7 +177,6 @@ pub(super) fn absent_fields(p: &Point, k: &PointKeys) -> Vec<&'static str> {
     check(p.odometer_m.is_some(), k.odometer);
     check(p.state.is_some(), k.state);
     check(p.locked.is_some(), k.locked);
-    check(!p.quality.is_good(), k.quality);
     out
 }
 

@@ -207,6 +207,8 @@ async fn append(
     for (v, p) in repair {
         latest.entry(v).or_insert(p);
     }
+    // A fix flagged by a quality filter never becomes a vehicle's latest.
+    latest.retain(|_, p| p.quality.is_good());
 
     // 5. `vehicle_last`, after the fixes.
     let failed: Vec<(&VehicleId, HistoryError)> = stream::iter(latest)
