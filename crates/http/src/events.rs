@@ -168,3 +168,26 @@ pub async fn list(
     let body = json!({ "events": events, "next_cursor": next.flatten() });
     Ok(json_response(StatusCode::OK, body.to_string().into_bytes()))
 }
+
+/// The fleet store as the webhook dispatcher's event feed: events in `seq` order.
+pub struct StoreFeed(pub std::sync::Arc<dyn kickstand_engine::fleet::FleetStore>);
+
+impl kickstand_webhooks::EventFeed for StoreFeed {
+    fn events_after(
+        &self,
+        seq: u64,
+        limit: usize,
+    ) -> Result<Vec<(u64, kickstand_domain::event::Event)>, String> {
+        let q = EventQuery {
+            after_seq: seq,
+            limit,
+            ..EventQuery::default()
+        };
+        let page = self.0.events(&q).map_err(|e| e.0)?;
+        Ok(page.into_iter().map(|e| (e.seq, e.event)).collect())
+    }
+
+    fn head(&self) -> Result<u64, String> {
+        self.0.event_head().map_err(|e| e.0)
+    }
+}

@@ -601,29 +601,6 @@ mod tests {
         Arc::new(Engine::open_watching(dir, config, &history, Some(fleet)).expect("engine starts"))
     }
 
-    /// The fleet store as a webhook event feed.
-    struct Feed(Arc<dyn kickstand_engine::fleet::FleetStore>);
-
-    impl kickstand_webhooks::EventFeed for Feed {
-        fn events_after(
-            &self,
-            seq: u64,
-            limit: usize,
-        ) -> Result<Vec<(u64, kickstand_domain::event::Event)>, String> {
-            let q = kickstand_engine::fleet::EventQuery {
-                after_seq: seq,
-                limit,
-                ..Default::default()
-            };
-            let page = self.0.events(&q).map_err(|e| e.0)?;
-            Ok(page.into_iter().map(|e| (e.seq, e.event)).collect())
-        }
-
-        fn head(&self) -> Result<u64, String> {
-            self.0.event_head().map_err(|e| e.0)
-        }
-    }
-
     fn app(engine: &Arc<Engine>, keys: Option<Arc<KeyStore>>) -> axum::Router {
         let fleet = engine.fleet.as_ref().expect("the test engine has a fleet");
         let dir = tempfile::tempdir().expect("a temporary directory").keep();
@@ -633,7 +610,7 @@ mod tests {
                 kickstand_webhooks::WebhookStore::open(dir.join("webhooks.db"))
                     .expect("webhook store opens"),
             ),
-            feed: Arc::new(Feed(fleet.store.clone())),
+            feed: Arc::new(crate::events::StoreFeed(fleet.store.clone())),
             sender: kickstand_webhooks::Sender::new(&config).expect("a client"),
             config,
             dispatcher: None,

@@ -5,15 +5,14 @@
 
 use crate::settings::{LogSettings, Settings};
 use anyhow::Context;
-use kickstand_domain::event::Event;
 use kickstand_engine::Engine;
-use kickstand_engine::fleet::EventQuery;
 use kickstand_engine::fleet::FleetStore;
 use kickstand_engine::fleet::sqlite::SqliteFleetStore;
 use kickstand_engine::fleet::zones::Zones;
 use kickstand_engine::history::HistoryKind;
 use kickstand_engine::watcher::FleetWatch;
 use kickstand_http::auth::{KeyStore, Scope};
+use kickstand_http::events::StoreFeed;
 use kickstand_http::feeds::FeedSettings;
 use kickstand_http::{AppState, router};
 use kickstand_webhooks::{Dispatcher, EventFeed, Sender, WebhookService, WebhookStore};
@@ -112,27 +111,6 @@ pub fn app_state(
     .with_webhooks(webhooks)
 }
 
-/// The fleet store as the webhook dispatcher's event feed.
-struct FleetFeed(Arc<dyn FleetStore>);
-
-impl EventFeed for FleetFeed {
-    fn events_after(&self, seq: u64, limit: usize) -> Result<Vec<(u64, Event)>, String> {
-        let q = EventQuery {
-            after_seq: seq,
-            limit,
-            ..EventQuery::default()
-        };
-        self.0
-            .events(&q)
-            .map(|page| page.into_iter().map(|e| (e.seq, e.event)).collect())
-            .map_err(|e| e.0)
-    }
-
-    fn head(&self) -> Result<u64, String> {
-        self.0.event_head().map_err(|e| e.0)
-    }
-}
-
 /// The webhook subscriptions (`webhooks.db` in the data directory) and their dispatcher, which
 /// follows the fleet's events until `shutdown`.
 pub fn start_webhooks(
@@ -145,7 +123,7 @@ pub fn start_webhooks(
         WebhookStore::open(&path)
             .with_context(|| format!("cannot open the webhook store {}", path.display()))?,
     );
-    let feed: Arc<dyn EventFeed> = Arc::new(FleetFeed(fleet.store.clone()));
+    let feed: Arc<dyn EventFeed> = Arc::new(StoreFeed(fleet.store.clone()));
     let sender = Sender::new(&settings.webhooks).context("cannot set up the webhook client")?;
     let (handle, _task) = Dispatcher::spawn(
         store.clone(),
