@@ -154,6 +154,20 @@ fn generate(
     end_ms: i64,
     seed: u64,
 ) -> (Vec<Bytes>, usize) {
+    let (bodies, fixes, _) = generate_keeping(vehicles, seconds, batch, end_ms, seed, 0);
+    (bodies, fixes)
+}
+
+/// [`generate`], also returning the first `keep` fixes as values.
+pub(crate) fn generate_keeping(
+    vehicles: usize,
+    seconds: usize,
+    batch: usize,
+    end_ms: i64,
+    seed: u64,
+    keep: usize,
+) -> (Vec<Bytes>, usize, Vec<kickstand_domain::Fix>) {
+    let mut kept = Vec::with_capacity(keep.min(vehicles * seconds));
     let mut fleet: Vec<Scooter> = (0..vehicles)
         .map(|i| Scooter::new(i, &SEOUL, seed))
         .collect();
@@ -173,12 +187,15 @@ fn generate(
                 }
                 sim::write_json(&mut body, &fix);
                 fixes += 1;
+                if kept.len() < keep {
+                    kept.push(fix);
+                }
             }
             body.push(b']');
             bodies.push(Bytes::from(body));
         }
     }
-    (bodies, fixes)
+    (bodies, fixes, kept)
 }
 
 pub(crate) struct LoadResult {

@@ -5,7 +5,7 @@
 //! zone test alone, per fix, on the same fixes.
 
 use crate::bench::{LoadResult, load, now_ms, percentile};
-use crate::sim::{self, SEOUL, Scooter};
+use crate::sim::SEOUL;
 use axum::body::Bytes;
 use kickstand_domain::Fix;
 use kickstand_domain::watch::{EventConfig, QualityConfig};
@@ -196,32 +196,8 @@ pub async fn events_phase(
     } = shape;
     let end = now_ms() - 60_000;
     // The same fleet as the ingest phase, kept as fixes too for the zone micro-benchmark.
-    let mut fleet: Vec<Scooter> = (0..vehicles)
-        .map(|i| Scooter::new(i, &SEOUL, seed))
-        .collect();
-    let mut bodies = Vec::new();
-    let mut fixes = Vec::new();
-    let start = end - seconds as i64 * 1000;
-    for t in 0..seconds {
-        let ts = start + t as i64 * 1000;
-        for group in fleet.chunks_mut(batch) {
-            let mut body = Vec::with_capacity(group.len() * 230 + 2);
-            body.push(b'[');
-            for (i, s) in group.iter_mut().enumerate() {
-                s.step(1.0, &SEOUL);
-                let fix = s.fix(ts, &SEOUL);
-                if i > 0 {
-                    body.push(b',');
-                }
-                sim::write_json(&mut body, &fix);
-                if fixes.len() < 2_000_000 {
-                    fixes.push(fix);
-                }
-            }
-            body.push(b']');
-            bodies.push(Bytes::from(body));
-        }
-    }
+    let (bodies, _, fixes) =
+        crate::bench::generate_keeping(vehicles, seconds, batch, end, seed, 2_000_000);
     let first_tick = vehicles.div_ceil(batch.max(1));
     let warmup = Arc::new(bodies[..first_tick.min(bodies.len())].to_vec());
     let bodies = Arc::new(bodies[first_tick.min(bodies.len())..].to_vec());
