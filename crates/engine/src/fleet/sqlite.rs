@@ -1,12 +1,9 @@
 //! The embedded fleet store: one SQLite file (`fleet.db` in the data directory) in WAL mode.
 //!
-//! Durability: `synchronous = NORMAL`. A committed event is in the operating system when its
-//! fixes are appended, so a killed process (`kill -9`, a panic) loses none; an operating-system
-//! crash or a power cut may lose the events of the last moments (SQLite rolls back the last
-//! WAL transactions), while the fixes themselves are on disk (the history's `fdatasync`).
-//! `FULL` adds an fsync per group commit and measured a third of the events-off throughput
-//! (BENCHMARKS.md, "Fleet intelligence"); a setting for operators who need events to survive
-//! power loss too is a follow-up.
+//! Durability: `synchronous = FULL`, so an event is on disk before the fixes that caused it are
+//! appended and acked, even across a power cut. `NORMAL` (no fsync per commit) was measured
+//! and was no faster (BENCHMARKS.md, "Fleet intelligence"): the per-group fsync is not what
+//! limits events on.
 //!
 //! One connection writes (workers, the API's geofence changes) and one reads (queries), so a
 //! long query never waits for a write and the reverse. Schema versions are kept in
@@ -68,8 +65,7 @@ fn open_conn(path: &Path) -> FleetResult<Connection> {
     c.busy_timeout(std::time::Duration::from_secs(10))
         .map_err(err)?;
     c.pragma_update(None, "journal_mode", "WAL").map_err(err)?;
-    c.pragma_update(None, "synchronous", "NORMAL")
-        .map_err(err)?;
+    c.pragma_update(None, "synchronous", "FULL").map_err(err)?;
     c.pragma_update(None, "foreign_keys", "ON").map_err(err)?;
     // 64 MiB of page cache per connection: the vehicle index is touched all over by a fleet.
     c.pragma_update(None, "cache_size", -65_536).map_err(err)?;
