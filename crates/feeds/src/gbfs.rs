@@ -800,9 +800,9 @@ mod tests {
         Some("parked"),
     ];
 
-    /// The official GBFS 3.0 schemas, shared by the workspace (`/work/shared/conformance`).
+    /// The official GBFS 3.0 schemas, vendored in `conformance/` at the root of the repository.
     fn schema_dir() -> PathBuf {
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/conformance/gbfs-v3.0")
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../conformance/gbfs-v3.0")
     }
 
     fn validator(feed: &str) -> jsonschema::Validator {

@@ -14,7 +14,7 @@ use std::path::Path;
 
 fn gbfs_validator(file: &str) -> jsonschema::Validator {
     let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../../shared/conformance/gbfs-v3.0")
+        .join("../../conformance/gbfs-v3.0")
         .join(file);
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     let schema: Value = serde_json::from_str(&text).unwrap();

@@ -23,10 +23,9 @@ use serde_json::{Map, Value, json};
 use std::collections::BTreeMap;
 use std::path::{Component, Path, PathBuf};
 
-/// The MDS 2.0 OpenAPI checkout, in `shared/` beside the repository.
+/// The MDS 2.0 OpenAPI models, vendored in `conformance/` at the root of the repository.
 pub fn mds_root() -> PathBuf {
-    let root =
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/conformance/mds-2.0-openapi");
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../conformance/mds-2.0-openapi");
     assert!(
         root.join("reference/provider.yaml").is_file(),
         "the MDS 2.0 OpenAPI files are not at {}",
