@@ -1,7 +1,8 @@
 //! The fleet store: geofences and fleet events, for every process of a deployment.
 //!
 //! [`FleetStore`] is the port; [`sqlite::SqliteFleetStore`] is the embedded default (one SQLite
-//! file in the data directory). Workers append the events they compute; the API lists
+//! file in the data directory) and [`postgres::PgFleetStore`] the store that the processes of a
+//! scale-out deployment share. Workers append the events they compute; the API lists
 //! geofences and events; the webhook dispatcher and the live stream follow events by their
 //! sequence number.
 //!
@@ -10,7 +11,10 @@
 //! sequence numbers only grow, so "everything after `seq`" never misses an event that was
 //! committed before the call.
 
+pub mod postgres;
 pub mod sqlite;
+#[cfg(test)]
+mod tests;
 pub mod zones;
 
 use kickstand_domain::event::{Event, EventKind};

@@ -28,7 +28,7 @@
 //! no other writer writes while it lives (the engine routes a vehicle to one shard); after any
 //! failed transaction it forgets the cache, because the outcome of a failed `COMMIT` is unknown.
 
-mod schema;
+pub(crate) mod schema;
 #[cfg(test)]
 mod tests;
 
@@ -118,7 +118,7 @@ impl std::fmt::Debug for PostgresConfig {
 /// The store's runtime, shut down in the background when the store is dropped: the last
 /// reference to a store may go away on an async task (the server's), where the blocking
 /// shutdown of a dropped `Runtime` panics.
-struct OwnedRuntime(Option<tokio::runtime::Runtime>);
+pub(crate) struct OwnedRuntime(pub(crate) Option<tokio::runtime::Runtime>);
 
 impl std::ops::Deref for OwnedRuntime {
     type Target = tokio::runtime::Runtime;
@@ -198,22 +198,7 @@ impl PostgresHistory {
             tokio_postgres::config::SslMode::Require => Some(tls_connector(config)?),
             _ => None,
         };
-        let manager_config = deadpool_postgres::ManagerConfig {
-            recycling_method: deadpool_postgres::RecyclingMethod::Fast,
-        };
-        let manager = match &tls {
-            Some(t) => {
-                deadpool_postgres::Manager::from_config(pg.clone(), t.clone(), manager_config)
-            }
-            None => deadpool_postgres::Manager::from_config(pg.clone(), NoTls, manager_config),
-        };
-        let pool = deadpool_postgres::Pool::builder(manager)
-            .max_size(config.pool_size.max(1))
-            .runtime(deadpool_postgres::Runtime::Tokio1)
-            .wait_timeout(Some(std::time::Duration::from_secs(30)))
-            .create_timeout(Some(std::time::Duration::from_secs(10)))
-            .build()
-            .map_err(|e| HistoryError::Config(format!("postgres pool: {e}")))?;
+        let pool = build_pool(&pg, tls.as_ref(), config.pool_size)?;
         let shared = Arc::new(Shared {
             rt: OwnedRuntime(Some(rt)),
             pg,
@@ -310,7 +295,7 @@ impl PostgresHistory {
 
 /// The TLS connector for `sslmode=require`: rustls (on ring, the one TLS stack of the binary),
 /// trusting `ca_file` or the compiled-in Mozilla roots.
-fn tls_connector(
+pub(crate) fn tls_connector(
     config: &PostgresConfig,
 ) -> Result<tokio_postgres_rustls::MakeRustlsConnect, HistoryError> {
     use rustls_pki_types::pem::PemObject;
@@ -342,6 +327,29 @@ fn tls_connector(
         .with_root_certificates(roots)
         .with_no_client_auth();
     Ok(tokio_postgres_rustls::MakeRustlsConnect::new(tls))
+}
+
+/// The connection pool for queries: `size` connections at most (at least one), TLS when
+/// `tls` is set.
+pub(crate) fn build_pool(
+    pg: &tokio_postgres::Config,
+    tls: Option<&tokio_postgres_rustls::MakeRustlsConnect>,
+    size: usize,
+) -> Result<deadpool_postgres::Pool, HistoryError> {
+    let manager_config = deadpool_postgres::ManagerConfig {
+        recycling_method: deadpool_postgres::RecyclingMethod::Fast,
+    };
+    let manager = match tls {
+        Some(t) => deadpool_postgres::Manager::from_config(pg.clone(), t.clone(), manager_config),
+        None => deadpool_postgres::Manager::from_config(pg.clone(), NoTls, manager_config),
+    };
+    deadpool_postgres::Pool::builder(manager)
+        .max_size(size.max(1))
+        .runtime(deadpool_postgres::Runtime::Tokio1)
+        .wait_timeout(Some(std::time::Duration::from_secs(30)))
+        .create_timeout(Some(std::time::Duration::from_secs(10)))
+        .build()
+        .map_err(|e| HistoryError::Config(format!("postgres pool: {e}")))
 }
 
 /// Settings checks that need no connection.

@@ -26,7 +26,7 @@ pub(super) const MIGRATIONS: &[Migration] = &[Migration {
 
 /// An advisory-lock key for `purpose` in `schema`: advisory locks are per database, and tests
 /// run many schemas in one database, so the schema is part of the key.
-pub(super) fn lock_key(schema: &str, purpose: &str) -> i64 {
+pub(crate) fn lock_key(schema: &str, purpose: &str) -> i64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     for b in schema.bytes().chain([0]).chain(purpose.bytes()) {
         h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
@@ -34,7 +34,7 @@ pub(super) fn lock_key(schema: &str, purpose: &str) -> i64 {
     h as i64
 }
 
-fn checksum(sql: &str) -> i64 {
+pub(crate) fn checksum(sql: &str) -> i64 {
     i64::from(crc32fast::hash(sql.as_bytes()))
 }
 
@@ -125,7 +125,7 @@ async fn apply(client: &mut Client) -> Result<(), HistoryError> {
 }
 
 /// `CREATE SCHEMA IF NOT EXISTS` can still fail with a duplicate when two processes race.
-fn ignore_duplicate(e: PgError) -> Result<(), PgError> {
+pub(crate) fn ignore_duplicate(e: PgError) -> Result<(), PgError> {
     use tokio_postgres::error::SqlState;
     match e.code() {
         Some(c) if *c == SqlState::UNIQUE_VIOLATION || *c == SqlState::DUPLICATE_SCHEMA => Ok(()),
@@ -133,7 +133,7 @@ fn ignore_duplicate(e: PgError) -> Result<(), PgError> {
     }
 }
 
-pub(super) fn quote_ident(name: &str) -> String {
+pub(crate) fn quote_ident(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
 }
 
