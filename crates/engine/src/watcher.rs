@@ -13,6 +13,7 @@ use crate::state::StateStore;
 use kickstand_domain::event::Event;
 use kickstand_domain::watch::{EventConfig, QualityConfig, QualityRules, VehicleWatch, Verdict};
 use kickstand_domain::{Fix, Quality, VehicleId};
+use std::collections::hash_map::Entry;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -81,41 +82,45 @@ impl ShardWatcher {
     /// Checks every fix (in order), flags the bad ones in place, and appends the events of
     /// the good ones to `events`. Returns how many fixes were flagged.
     pub fn process(&mut self, fixes: &mut [Fix], now_ms: i64, events: &mut Vec<Event>) -> usize {
-        self.shared.zones.refresh();
-        let zones = self.shared.zones.current();
-        let cfg = self.shared.events.enabled.then_some(&self.shared.events);
+        let ShardWatcher {
+            shared,
+            state,
+            watches,
+            slots,
+            ..
+        } = self;
+        shared.zones.refresh();
+        let zones = shared.zones.current();
+        let cfg = shared.events.enabled.then_some(&shared.events);
         let mut inside = Vec::new();
         let mut flagged = 0;
         for fix in fixes.iter_mut() {
-            if !self.watches.contains_key(&fix.vehicle_id) {
-                let seeded = match self.state.get(&fix.vehicle_id) {
-                    Ok(Some(last)) => {
-                        zones.containing(&last, &mut self.slots, &mut inside);
-                        VehicleWatch::seeded(last, &inside, &self.shared.events)
-                    }
-                    Ok(None) => VehicleWatch::default(),
-                    Err(error) => {
-                        // Without the newest fix the watch would take this one as the first
-                        // ever; flag nothing and make no event rather than wrong ones.
-                        tracing::debug!(message = "latest state unavailable for the watch", %error);
-                        continue;
-                    }
-                };
-                let rules = self.shared.quality.rules_for(fix.vehicle_id.as_str());
-                self.watches.insert(
-                    fix.vehicle_id.clone(),
-                    Watched {
+            // One lookup for a vehicle already watched (the common case).
+            let w = match watches.entry(fix.vehicle_id.clone()) {
+                Entry::Occupied(o) => o.into_mut(),
+                Entry::Vacant(v) => {
+                    let seeded = match state.get(&fix.vehicle_id) {
+                        Ok(Some(last)) => {
+                            zones.containing(&last, slots, &mut inside);
+                            VehicleWatch::seeded(last, &inside, &shared.events)
+                        }
+                        Ok(None) => VehicleWatch::default(),
+                        Err(error) => {
+                            // Without the newest fix the watch would take this one as the
+                            // first ever; flag nothing and make no event rather than wrong ones.
+                            tracing::debug!(message = "latest state unavailable for the watch", %error);
+                            continue;
+                        }
+                    };
+                    let rules = shared.quality.rules_for(fix.vehicle_id.as_str());
+                    v.insert(Watched {
                         watch: seeded,
                         rules,
-                    },
-                );
-            }
-            let w = self
-                .watches
-                .get_mut(&fix.vehicle_id)
-                .expect("inserted above");
+                    })
+                }
+            };
             if cfg.is_some() {
-                zones.containing(&fix.point, &mut self.slots, &mut inside);
+                zones.containing(&fix.point, slots, &mut inside);
             } else {
                 inside.clear();
             }

@@ -607,7 +607,7 @@ mod tests {
         let config = kickstand_webhooks::WebhookConfig::default();
         let webhooks = kickstand_webhooks::WebhookService {
             store: Arc::new(
-                kickstand_webhooks::WebhookStore::open(dir.join("webhooks.db"))
+                kickstand_webhooks::SqliteWebhookStore::open(dir.join("webhooks.db"))
                     .expect("webhook store opens"),
             ),
             feed: Arc::new(crate::events::StoreFeed(fleet.store.clone())),

@@ -15,7 +15,7 @@ use kickstand_http::auth::{KeyStore, Scope};
 use kickstand_http::events::StoreFeed;
 use kickstand_http::feeds::FeedSettings;
 use kickstand_http::{AppState, router};
-use kickstand_webhooks::{Dispatcher, EventFeed, Sender, WebhookService, WebhookStore};
+use kickstand_webhooks::{Dispatcher, EventFeed, Sender, SqliteWebhookStore, WebhookService};
 use metrics_exporter_prometheus::PrometheusHandle;
 use std::future::Future;
 use std::sync::Arc;
@@ -120,7 +120,7 @@ pub fn start_webhooks(
 ) -> anyhow::Result<Arc<WebhookService>> {
     let path = settings.data_dir.join("webhooks.db");
     let store = Arc::new(
-        WebhookStore::open(&path)
+        SqliteWebhookStore::open(&path)
             .with_context(|| format!("cannot open the webhook store {}", path.display()))?,
     );
     let feed: Arc<dyn EventFeed> = Arc::new(StoreFeed(fleet.store.clone()));

@@ -28,11 +28,14 @@ use utoipa_axum::routes;
 /// What the handlers need: the store, the feed (new subscriptions start at its head), the
 /// sender (test pings), the settings, and optionally the dispatcher to wake.
 pub struct WebhookService {
-    pub store: Arc<WebhookStore>,
+    /// SQLite in a single process, PostgreSQL when several API processes share it.
+    pub store: Arc<dyn WebhookStore>,
     pub feed: Arc<dyn EventFeed>,
     pub sender: Sender,
     pub config: WebhookConfig,
     /// Woken when a subscription is created or re-enabled, so it starts without a poll's delay.
+    /// Only this process's dispatcher is woken: when another process leads, it finds the
+    /// change at its next poll.
     pub dispatcher: Option<DispatcherHandle>,
 }
 

@@ -36,6 +36,10 @@ pub struct WebhookConfig {
     pub poll_interval_ms: u64,
     /// Events read from the feed at once per subscription; bounds the dispatcher's memory.
     pub page_size: usize,
+    /// Milliseconds between two tries for the leadership while another process dispatches
+    /// (several processes sharing a PostgreSQL webhook store: one delivers, the others stand
+    /// by). Also how long after the leader stops a standby may take to start delivering.
+    pub leader_retry_ms: u64,
     /// Whether receivers may be on loopback, private, link-local or other non-public addresses.
     /// On by default: a self-hosted fleet often posts to its own internal services. Turn it off
     /// when people who should not reach the internal network can create subscriptions: every
@@ -56,6 +60,7 @@ impl Default for WebhookConfig {
             max_in_flight: 16,
             poll_interval_ms: 200,
             page_size: 256,
+            leader_retry_ms: 2_000,
             allow_private_targets: true,
         }
     }
@@ -107,6 +112,9 @@ impl WebhookConfig {
         }
         if self.page_size == 0 {
             return bad("page_size", "must be at least 1");
+        }
+        if self.leader_retry_ms == 0 {
+            return bad("leader_retry_ms", "must be at least 1");
         }
         Ok(())
     }

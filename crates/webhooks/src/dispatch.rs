@@ -22,8 +22,19 @@
 //!   again; receivers dedupe on `Webhook-Id`. The retry state (attempt count, next attempt
 //!   time) is stored too, so a restart does not reset a failing event's schedule.
 //!
+//! # Leadership
+//!
+//! Several processes may share one store (PostgreSQL), and each may run a dispatcher, but only
+//! one delivers: before each round the supervisor asks [`WebhookStore::try_lead`]. A *standby*
+//! (another process leads, or the store cannot be reached) starts no lane and asks again every
+//! `leader_retry_ms`. A leader that loses the leadership stops its lanes at once (requests in
+//! flight are dropped; the next leader sends those events again) and becomes a standby. Each
+//! change is logged at info, and the gauge [`LEADER`] says whether this process leads. At
+//! shutdown the dispatcher resigns, so a standby takes over without waiting. A SQLite store
+//! always leads.
+//!
 //! **Architecture Invariant:** the dispatcher never writes to the feed and never waits on the
-//! pipeline; all its SQLite and feed calls run on `spawn_blocking`.
+//! pipeline; all its store and feed calls run on `spawn_blocking`.
 
 use crate::config::WebhookConfig;
 use crate::retry::{Jitter, RetryPolicy};
@@ -42,6 +53,8 @@ use tokio::task::{JoinHandle, JoinSet};
 pub const DELIVERIES_TOTAL: &str = "kickstand_webhook_deliveries_total";
 /// Counter of subscriptions disabled automatically.
 pub const DISABLED_TOTAL: &str = "kickstand_webhook_disabled_total";
+/// Gauge: 1 while this process's dispatcher leads (delivers), 0 while it is a standby.
+pub const LEADER: &str = "kickstand_webhooks_leader";
 
 /// Where events come from: the engine's event store, which numbers events with an increasing
 /// `seq`. Implementations should be quick; they are called on the blocking pool.
@@ -92,9 +105,9 @@ impl DispatcherHandle {
 /// Starts and runs the dispatcher.
 pub struct Dispatcher;
 
-/// What lanes share.
+/// What the supervisor and its lanes share.
 struct Ctx {
-    store: Arc<WebhookStore>,
+    store: Arc<dyn WebhookStore>,
     feed: Arc<dyn EventFeed>,
     sender: Sender,
     policy: RetryPolicy,
@@ -102,20 +115,31 @@ struct Ctx {
     page_size: usize,
     /// Delivery slots (`max_in_flight`).
     slots: Semaphore,
-    /// Becomes `true` at shutdown.
-    stop: watch::Receiver<bool>,
+}
+
+/// How often the supervisor looks.
+#[derive(Clone, Copy)]
+struct Intervals {
+    /// Between two rounds while leading (`poll_interval_ms`).
+    poll: Duration,
+    /// Between two tries for the leadership while a standby (`leader_retry_ms`).
+    standby: Duration,
 }
 
 impl Dispatcher {
-    /// Spawns the dispatcher. It runs until `shutdown` completes, then stops its lanes
-    /// (dropping requests in flight: those events are sent again after the restart) and ends.
+    /// Spawns the dispatcher. It delivers while `store` says it leads (see the module
+    /// documentation) and runs until `shutdown` completes; then it stops its lanes (dropping
+    /// requests in flight: those events are sent again after the restart), resigns the
+    /// leadership and ends.
     pub fn spawn(
-        store: Arc<WebhookStore>,
+        store: Arc<dyn WebhookStore>,
         feed: Arc<dyn EventFeed>,
         sender: Sender,
         config: &WebhookConfig,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> (DispatcherHandle, JoinHandle<()>) {
+        // Only the supervisor watches this; lanes watch the halt of their term, which the
+        // supervisor raises at shutdown and when the leadership is lost.
         let (stop_tx, stop) = watch::channel(false);
         tokio::spawn(async move {
             shutdown.await;
@@ -133,14 +157,13 @@ impl Dispatcher {
             },
             page_size: config.page_size.max(1),
             slots: Semaphore::new(config.max_in_flight.max(1)),
-            stop,
         });
         let handle = DispatcherHandle::default();
-        let task = tokio::spawn(supervise(
-            ctx,
-            handle.clone(),
-            Duration::from_millis(config.poll_interval_ms.max(1)),
-        ));
+        let intervals = Intervals {
+            poll: Duration::from_millis(config.poll_interval_ms.max(1)),
+            standby: Duration::from_millis(config.leader_retry_ms.max(1)),
+        };
+        let task = tokio::spawn(supervise(ctx, handle.clone(), intervals, stop));
         (handle, task)
     }
 }
@@ -148,25 +171,49 @@ impl Dispatcher {
 /// How long delivery log rows are kept.
 const LOG_RETENTION_MS: i64 = 30 * 24 * 3600 * 1000;
 
-async fn supervise(ctx: Arc<Ctx>, handle: DispatcherHandle, poll: Duration) {
-    let mut lanes = JoinSet::new();
-    let mut lane_of: HashMap<tokio::task::Id, String> = HashMap::new();
-    let mut busy: HashSet<String> = HashSet::new();
-    let mut stop = ctx.stop.clone();
+/// Checks the leadership, starts lanes while leading, prunes the log; until `shutdown` is
+/// `true`.
+async fn supervise(
+    ctx: Arc<Ctx>,
+    handle: DispatcherHandle,
+    intervals: Intervals,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut lanes = Lanes::default();
     let mut last_prune = 0i64;
+    // `None` until the first answer, so that the first one is logged whatever it is.
+    let mut leading: Option<bool> = None;
+    metrics::gauge!(LEADER).set(0.0);
     loop {
-        while let Some(done) = lanes.try_join_next_with_id() {
-            let id = match done {
-                Ok((id, ())) => id,
-                Err(e) => {
-                    tracing::error!(message = "webhook lane failed", error = %e);
-                    e.id()
-                }
-            };
-            if let Some(sub) = lane_of.remove(&id) {
-                busy.remove(&sub);
+        let c = ctx.clone();
+        let leads = match blocking(move || c.store.try_lead()).await {
+            Ok(leads) => leads,
+            Err(error) => {
+                tracing::warn!(message = "webhook dispatcher cannot tell whether it leads; on standby", %error);
+                false
             }
+        };
+        if leading != Some(leads) {
+            metrics::gauge!(LEADER).set(if leads { 1.0 } else { 0.0 });
+            if leads {
+                tracing::info!(message = "webhook dispatcher leads: this process delivers");
+            } else {
+                tracing::info!(
+                    message = "webhook dispatcher on standby: another process delivers, or the store cannot be reached",
+                    retry_ms = u64::try_from(intervals.standby.as_millis()).unwrap_or(u64::MAX)
+                );
+                lanes.halt().await;
+            }
+            leading = Some(leads);
         }
+        if !leads {
+            tokio::select! {
+                _ = tokio::time::sleep(intervals.standby) => {}
+                _ = shutdown.wait_for(|s| *s) => break,
+            }
+            continue;
+        }
+        lanes.reap();
         let c = ctx.clone();
         let looked = blocking(move || {
             let head = c.feed.head().map_err(|e| format!("event feed: {e}"))?;
@@ -177,10 +224,8 @@ async fn supervise(ctx: Arc<Ctx>, handle: DispatcherHandle, poll: Duration) {
         match looked {
             Ok((head, subs)) => {
                 for sub in subs {
-                    if sub.enabled && sub.cursor < head && !busy.contains(&sub.id) {
-                        busy.insert(sub.id.clone());
-                        let h = lanes.spawn(lane(ctx.clone(), sub.id.clone()));
-                        lane_of.insert(h.id(), sub.id);
+                    if sub.enabled && sub.cursor < head {
+                        lanes.start(&ctx, sub.id);
                     }
                 }
             }
@@ -199,19 +244,86 @@ async fn supervise(ctx: Arc<Ctx>, handle: DispatcherHandle, poll: Duration) {
             }
         }
         tokio::select! {
-            _ = tokio::time::sleep(poll) => {}
+            _ = tokio::time::sleep(intervals.poll) => {}
             _ = handle.wake.notified() => {}
-            _ = stop.wait_for(|s| *s) => break,
+            _ = shutdown.wait_for(|s| *s) => break,
         }
     }
-    while lanes.join_next().await.is_some() {}
+    lanes.halt().await;
+    let c = ctx.clone();
+    if let Err(error) = blocking(move || c.store.resign()).await {
+        tracing::warn!(message = "webhook dispatcher cannot resign the leadership", %error);
+    }
+    metrics::gauge!(LEADER).set(0.0);
+}
+
+/// The running lanes, at most one per subscription, and the halt of their term.
+struct Lanes {
+    tasks: JoinSet<()>,
+    /// The subscription of each task.
+    of: HashMap<tokio::task::Id, String>,
+    /// Subscriptions with a lane.
+    busy: HashSet<String>,
+    /// Raised to stop every lane of this term (shutdown or the leadership lost); replaced by
+    /// a fresh one once they have ended.
+    halt: watch::Sender<bool>,
+}
+
+impl Default for Lanes {
+    fn default() -> Lanes {
+        Lanes {
+            tasks: JoinSet::new(),
+            of: HashMap::new(),
+            busy: HashSet::new(),
+            halt: watch::channel(false).0,
+        }
+    }
+}
+
+impl Lanes {
+    /// Starts a lane for `sub` unless it has one.
+    fn start(&mut self, ctx: &Arc<Ctx>, sub: String) {
+        if self.busy.contains(&sub) {
+            return;
+        }
+        self.busy.insert(sub.clone());
+        let h = self
+            .tasks
+            .spawn(lane(ctx.clone(), sub.clone(), self.halt.subscribe()));
+        self.of.insert(h.id(), sub);
+    }
+
+    /// Forgets the lanes that have ended.
+    fn reap(&mut self) {
+        while let Some(done) = self.tasks.try_join_next_with_id() {
+            let id = match done {
+                Ok((id, ())) => id,
+                Err(e) => {
+                    tracing::error!(message = "webhook lane failed", error = %e);
+                    e.id()
+                }
+            };
+            if let Some(sub) = self.of.remove(&id) {
+                self.busy.remove(&sub);
+            }
+        }
+    }
+
+    /// Stops every lane and waits for them to end.
+    async fn halt(&mut self) {
+        let _ = self.halt.send(true);
+        while self.tasks.join_next().await.is_some() {}
+        self.of.clear();
+        self.busy.clear();
+        self.halt = watch::channel(false).0;
+    }
 }
 
 /// Delivers one subscription's events until it has caught up.
-async fn lane(ctx: Arc<Ctx>, sub_id: String) {
+async fn lane(ctx: Arc<Ctx>, sub_id: String, halt: watch::Receiver<bool>) {
     let mut rng = Jitter::from_entropy();
     loop {
-        if *ctx.stop.borrow() {
+        if *halt.borrow() {
             return;
         }
         let c = ctx.clone();
@@ -240,7 +352,7 @@ async fn lane(ctx: Arc<Ctx>, sub_id: String) {
         };
         let last = events.last().map_or(sub.cursor, |(seq, _)| *seq);
         for (seq, event) in &events {
-            if sub.matches(event) && !deliver(&ctx, &sub, *seq, event, &mut rng).await {
+            if sub.matches(event) && !deliver(&ctx, &halt, &sub, *seq, event, &mut rng).await {
                 return;
             }
         }
@@ -255,16 +367,17 @@ async fn lane(ctx: Arc<Ctx>, sub_id: String) {
 }
 
 /// Delivers one event, retrying per the policy. `true` when the event is done (delivered or
-/// given up) and the lane goes on; `false` when the lane must stop (shutdown, the subscription
+/// given up) and the lane goes on; `false` when the lane must stop (halted, the subscription
 /// disabled or deleted, a storage error).
 async fn deliver(
     ctx: &Arc<Ctx>,
+    halt: &watch::Receiver<bool>,
     sub: &Subscription,
     seq: u64,
     event: &Event,
     rng: &mut Jitter,
 ) -> bool {
-    let mut stop = ctx.stop.clone();
+    let mut stop = halt.clone();
     let c = ctx.clone();
     let id = sub.id.clone();
     let pending = match blocking(move || c.store.pending(&id)).await {

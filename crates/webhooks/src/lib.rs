@@ -14,23 +14,39 @@
 //! - [`retry`]: [`RetryPolicy`] (backoff caps and full-jitter delays) and [`Jitter`], a seedable
 //!   random source. No I/O, no clock; reused by the ops messenger.
 //! - [`config`]: [`WebhookConfig`], the `[webhooks]` settings.
-//! - [`store`]: [`WebhookStore`], the subscriptions, their retry state and the delivery log in
-//!   one SQLite file (WAL, `PRAGMA user_version` migrations). Synchronous.
+//! - [`store`]: the port [`WebhookStore`] (a synchronous trait): the subscriptions, their
+//!   retry state, the delivery log, and whether this process's dispatcher leads. The rules of
+//!   what an attempt changes live there, once, for every implementation.
+//!   - [`store::sqlite`]: [`SqliteWebhookStore`], one SQLite file (WAL, `PRAGMA user_version`
+//!     migrations); always leads. The single-process mode (`kickstand run`).
+//!   - `store::postgres` (cargo feature `postgres`, on by default): `PgWebhookStore`, tables
+//!     `webhook_*` in a PostgreSQL schema shared by every API process of the scale-out mode
+//!     (`kickstand serve`); versioned migrations; leadership is a session advisory lock held on
+//!     a connection of its own.
 //! - [`send`]: [`Sender`], one signed POST and its result; URL and address checks.
-//! - [`dispatch`]: [`Dispatcher`], the task that reads an [`EventFeed`] and delivers; the
-//!   delivery body ([`dispatch::event_body`]) and metric names.
+//! - [`dispatch`]: [`Dispatcher`], the task that reads an [`EventFeed`] and delivers while its
+//!   store says it leads; the delivery body ([`dispatch::event_body`]) and metric names.
 //! - [`api`]: the HTTP handlers, an `OpenApiRouter<S>` for any state holding an
 //!   `Arc<WebhookService>`, errors as problem+json.
 //!
 //! # Wiring
 //!
 //! ```text
-//! let store = Arc::new(WebhookStore::open(data_dir.join("webhooks.db"))?);
+//! // One process (`kickstand run`):
+//! let store: Arc<dyn WebhookStore> = Arc::new(SqliteWebhookStore::open(data_dir.join("webhooks.db"))?);
+//! // Or several processes sharing the subscriptions (`kickstand serve`), each opening:
+//! let store: Arc<dyn WebhookStore> = Arc::new(PgWebhookStore::open(&url, &schema, tls)?);
+//!
 //! let sender = Sender::new(&config)?;
 //! let (handle, task) = Dispatcher::spawn(store.clone(), feed.clone(), sender.clone(), &config, shutdown);
 //! let service = Arc::new(WebhookService { store, feed, sender, config, dispatcher: Some(handle) });
 //! let routes = kickstand_webhooks::api::router::<AppState>(); // AppState: FromRef -> Arc<WebhookService>
 //! ```
+//! Every process may spawn a dispatcher: with PostgreSQL one of them leads and delivers, the
+//! others stand by and take over (within `leader_retry_ms`) when it stops or loses its database
+//! session; the gauge `kickstand_webhooks_leader` says which. `PgWebhookStore::open` takes a
+//! `rustls::ClientConfig` for TLS (refused: `sslmode=require` without one) and must be called
+//! outside an async task (it owns a runtime and blocks on it), like every store method.
 //! `handle.notify()` skips the poll delay (creating or re-enabling a subscription calls it;
 //! new events are found by the poll, every `poll_interval_ms`).
 //!
@@ -71,6 +87,10 @@
 //!
 //! **Architecture Invariant:** nothing here writes to the event feed or waits on the pipeline.
 //!
+//! **Architecture Invariant:** at most one dispatcher delivers from a store at a time (in
+//! steady state; see [`dispatch`] for the moment of a takeover), so a receiver gets each event
+//! once per subscription however many processes serve the API.
+//!
 //! # Targets
 //!
 //! `allow_private_targets` is on by default: a self-hosted operator often points webhooks at
@@ -92,4 +112,6 @@ pub use dispatch::{Dispatcher, DispatcherHandle, EventFeed};
 pub use retry::{Jitter, RetryPolicy};
 pub use send::Sender;
 pub use signing::{sign, verify};
-pub use store::{Subscription, WebhookStore};
+#[cfg(feature = "postgres")]
+pub use store::PgWebhookStore;
+pub use store::{SqliteWebhookStore, StoreError, Subscription, WebhookStore};

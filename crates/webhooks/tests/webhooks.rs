@@ -1,5 +1,9 @@
 //! Webhook delivery against real local HTTP receivers that fail on purpose, and the HTTP API
 //! through its router. Retry delays are milliseconds, so the whole file runs in seconds.
+//!
+//! The last part runs dispatchers of several "processes" on one PostgreSQL schema
+//! (`KICKSTAND_TEST_POSTGRES_URL`; skipped with a notice when unset, a failure instead under
+//! `KICKSTAND_REQUIRE_SERVICES=1`).
 
 use axum::Router;
 use axum::body::{Body, Bytes};
@@ -10,7 +14,9 @@ use kickstand_domain::VehicleId;
 use kickstand_domain::event::{Event, EventKind};
 use kickstand_webhooks::api::{self, WebhookService};
 use kickstand_webhooks::dispatch::{Dispatcher, DispatcherHandle, EventFeed};
-use kickstand_webhooks::store::{NewSubscription, Outcome, Subscription, WebhookStore};
+use kickstand_webhooks::store::{
+    NewSubscription, Outcome, SqliteWebhookStore, Subscription, WebhookStore,
+};
 use kickstand_webhooks::{RetryPolicy, Sender, WebhookConfig, signing};
 use parking_lot::Mutex;
 use serde_json::{Value, json};
@@ -177,6 +183,7 @@ fn fast_config() -> WebhookConfig {
         max_in_flight: 16,
         poll_interval_ms: 20,
         page_size: 16,
+        leader_retry_ms: 50,
         allow_private_targets: true,
     }
 }
@@ -184,7 +191,7 @@ fn fast_config() -> WebhookConfig {
 struct Rig {
     _dir: tempfile::TempDir,
     path: std::path::PathBuf,
-    store: Arc<WebhookStore>,
+    store: Arc<dyn WebhookStore>,
     feed: Arc<MemFeed>,
     config: WebhookConfig,
 }
@@ -194,7 +201,7 @@ impl Rig {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("webhooks.sqlite");
         Rig {
-            store: Arc::new(WebhookStore::open(&path).unwrap()),
+            store: Arc::new(SqliteWebhookStore::open(&path).unwrap()),
             _dir: dir,
             path,
             feed: Arc::default(),
@@ -534,7 +541,7 @@ async fn the_cursor_survives_a_restart_without_losing_events() {
     assert!((10..60).contains(&stopped_at), "cursor {stopped_at}");
 
     // A new process: the store reopened from the same file.
-    rig.store = Arc::new(WebhookStore::open(&rig.path).unwrap());
+    rig.store = Arc::new(SqliteWebhookStore::open(&rig.path).unwrap());
     assert_eq!(rig.sub(&sub.id).cursor, stopped_at);
     let (_h, task, stop) = rig.start();
     until(10, "the rest", || rig.sub(&sub.id).cursor == 60).await;
@@ -860,4 +867,253 @@ fn the_openapi_document_lists_every_route() {
     assert_eq!(paths["/api/v1/webhooks/{id}"], ["delete", "get", "patch"]);
     assert_eq!(paths["/api/v1/webhooks/{id}/deliveries"], ["get"]);
     assert_eq!(paths["/api/v1/webhooks/{id}/test"], ["post"]);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Several processes on one PostgreSQL store: one dispatches, the others stand by.
+
+/// A fresh schema of the test database, dropped at the end; `None` (after a notice) when
+/// PostgreSQL is not configured, unless services are required.
+#[cfg(feature = "postgres")]
+struct PgSchema {
+    url: String,
+    schema: String,
+}
+
+#[cfg(feature = "postgres")]
+impl PgSchema {
+    fn fresh() -> Option<PgSchema> {
+        const VAR: &str = "KICKSTAND_TEST_POSTGRES_URL";
+        let required = std::env::var("KICKSTAND_REQUIRE_SERVICES").is_ok_and(|v| v == "1");
+        let url = match std::env::var(VAR) {
+            Ok(url) if !url.trim().is_empty() => url,
+            _ => {
+                assert!(
+                    !required,
+                    "{VAR} is not set, and KICKSTAND_REQUIRE_SERVICES=1 requires the service"
+                );
+                eprintln!("skipped: {VAR} is not set (see DEVELOPERS.md)");
+                return None;
+            }
+        };
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .subsec_nanos();
+        let schema = format!("whe2e_{}_{nanos:x}", std::process::id());
+        match kickstand_webhooks::PgWebhookStore::open(&url, &schema, None) {
+            Ok(_) => Some(PgSchema { url, schema }),
+            Err(e) => {
+                assert!(!required, "PostgreSQL is unreachable: {e}");
+                eprintln!("skipped: PostgreSQL is unreachable: {e}");
+                None
+            }
+        }
+    }
+
+    /// A store on the schema, as another process would open it. Call it off the runtime.
+    fn open(&self) -> Arc<dyn WebhookStore> {
+        Arc::new(kickstand_webhooks::PgWebhookStore::open(&self.url, &self.schema, None).unwrap())
+    }
+}
+
+/// On a thread of its own: the store blocks on a runtime, which an async test's thread (where
+/// this may run, even while unwinding) must not.
+#[cfg(feature = "postgres")]
+impl Drop for PgSchema {
+    fn drop(&mut self) {
+        let (url, schema) = (self.url.clone(), self.schema.clone());
+        let _ = std::thread::spawn(move || {
+            if let Ok(s) = kickstand_webhooks::PgWebhookStore::open(&url, &schema, None) {
+                let _ = s.drop_schema();
+            }
+        })
+        .join();
+    }
+}
+
+/// Runs a store call on the blocking pool: the PostgreSQL store blocks on a runtime of its own.
+#[cfg(feature = "postgres")]
+async fn off_runtime<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    tokio::task::spawn_blocking(f).await.unwrap()
+}
+
+/// One "process": its own store on the shared schema, its dispatcher, and the stop switch.
+#[cfg(feature = "postgres")]
+struct Process {
+    store: Arc<dyn WebhookStore>,
+    task: tokio::task::JoinHandle<()>,
+    stop: tokio::sync::oneshot::Sender<()>,
+}
+
+#[cfg(feature = "postgres")]
+async fn start_process(pg: &Arc<PgSchema>, feed: &Arc<MemFeed>, config: &WebhookConfig) -> Process {
+    let pg = pg.clone();
+    let store = off_runtime(move || pg.open()).await;
+    let (stop, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let feed: Arc<dyn EventFeed> = feed.clone();
+    let (_handle, task) = Dispatcher::spawn(
+        store.clone(),
+        feed,
+        Sender::new(config).unwrap(),
+        config,
+        async move {
+            let _ = stop_rx.await;
+        },
+    );
+    Process { store, task, stop }
+}
+
+/// Runs `query` on a connection of its own; the first column of the rows, as `i32`.
+#[cfg(feature = "postgres")]
+async fn sql_ints(url: &str, query: &str) -> Vec<i32> {
+    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    let rows = client.query(query, &[]).await.unwrap();
+    rows.iter().map(|r| r.get(0)).collect()
+}
+
+/// The cursors of `subs`, read through `store`.
+#[cfg(feature = "postgres")]
+async fn cursors(store: &Arc<dyn WebhookStore>, subs: &[Subscription]) -> Vec<u64> {
+    let store = store.clone();
+    let ids: Vec<String> = subs.iter().map(|s| s.id.clone()).collect();
+    off_runtime(move || {
+        ids.iter()
+            .map(|id| store.get(id).unwrap().unwrap().cursor)
+            .collect()
+    })
+    .await
+}
+
+/// Pushes events `range` to the feed (and `events`) in small bursts.
+#[cfg(feature = "postgres")]
+async fn push_events(feed: &MemFeed, events: &mut Vec<Event>, range: std::ops::Range<i64>) {
+    for n in range {
+        let e = event(n, EventKind::StateChanged, None);
+        feed.push(e.clone());
+        events.push(e);
+        if n % 10 == 0 {
+            tokio::time::sleep(Duration::from_millis(30)).await;
+        }
+    }
+}
+
+/// Waits until both receivers have `n` events delivered and both cursors are at `n`.
+#[cfg(feature = "postgres")]
+async fn caught_up(
+    n: usize,
+    receivers: [&Receiver; 2],
+    store: &Arc<dyn WebhookStore>,
+    subs: &[Subscription],
+) {
+    until(10, &format!("{n} events at both receivers"), || {
+        receivers.iter().all(|r| r.delivered_ids().len() >= n)
+    })
+    .await;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while cursors(store, subs).await != [n as u64; 2] {
+        assert!(Instant::now() < deadline, "the cursors did not reach {n}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[cfg(feature = "postgres")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_processes_on_one_postgres_store_deliver_each_event_once_across_failover() {
+    let Some(pg) = off_runtime(PgSchema::fresh).await else {
+        return;
+    };
+    let pg = Arc::new(pg);
+    let config = fast_config();
+    let feed: Arc<MemFeed> = Arc::default();
+    let (rx, url) = receiver(Behaviour::Ok).await;
+    let (flaky, flaky_url) = receiver(Behaviour::FailFirst(1)).await;
+
+    // The first process subscribes both receivers and leads (it is alone).
+    let a = start_process(&pg, &feed, &config).await;
+    let store = a.store.clone();
+    let subs = off_runtime(move || {
+        [url, flaky_url].map(|url| {
+            store
+                .create(
+                    NewSubscription {
+                        url,
+                        ..NewSubscription::default()
+                    },
+                    0,
+                    0,
+                )
+                .unwrap()
+        })
+    })
+    .await;
+    let mut events = vec![event(0, EventKind::BatteryLow, None)];
+    feed.push(events[0].clone());
+    until(5, "the first event", || rx.delivered_ids().len() == 1).await;
+    // The first process's leader session (the only one so far).
+    let leader_pid = sql_ints(
+        &pg.url,
+        &format!(
+            "SELECT pid FROM pg_stat_activity \
+             WHERE application_name = 'kickstand-webhooks-leader:{}'",
+            pg.schema
+        ),
+    )
+    .await;
+    assert_eq!(leader_pid.len(), 1, "one leader session: {leader_pid:?}");
+
+    // A second process starts: it stands by while the first delivers.
+    let b = start_process(&pg, &feed, &config).await;
+    push_events(&feed, &mut events, 1..30).await;
+    caught_up(30, [&rx, &flaky], &b.store, &subs).await;
+
+    // The first process's session is killed (a database failover, an admin): it stops
+    // delivering, and one of the two leads again (which one is a race).
+    let killed = sql_ints(
+        &pg.url,
+        &format!(
+            "SELECT CASE WHEN pg_terminate_backend({}) THEN 1 ELSE 0 END",
+            leader_pid[0]
+        ),
+    )
+    .await;
+    assert_eq!(killed, [1]);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    push_events(&feed, &mut events, 30..60).await;
+    caught_up(60, [&rx, &flaky], &b.store, &subs).await;
+
+    // The first process stops (and resigns if it led): the second delivers the rest.
+    drop(a.stop);
+    a.task.await.unwrap();
+    push_events(&feed, &mut events, 60..90).await;
+    caught_up(90, [&rx, &flaky], &b.store, &subs).await;
+    // Give a second dispatcher time to send duplicates, if it were delivering too.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let want: Vec<String> = events.iter().map(|e| e.id.clone()).collect();
+    for (receiver, attempts) in [(&rx, 1), (&flaky, 2)] {
+        assert_eq!(receiver.delivered_ids(), want, "each event once, in order");
+        let mut per_id: HashMap<String, usize> = HashMap::new();
+        for r in receiver.got() {
+            *per_id.entry(r.id).or_default() += 1;
+        }
+        assert!(
+            per_id.values().all(|&n| n == attempts),
+            "each Webhook-Id {attempts} time(s): {per_id:?}"
+        );
+    }
+    let store = b.store.clone();
+    let id = subs[1].id.clone();
+    let log = off_runtime(move || store.deliveries(&id, 500, None).unwrap()).await;
+    assert_eq!(
+        log.len(),
+        180,
+        "one failed and one delivered attempt per event"
+    );
+
+    drop(b.stop);
+    b.task.await.unwrap();
 }

@@ -10,12 +10,16 @@
 //! `PRAGMA user_version` and applied in order at open.
 
 use super::{EventQuery, FleetError, FleetResult, FleetStore, Geofence, StoredEvent};
+use crossbeam_channel::{Receiver, Sender};
 use kickstand_domain::event::{Event, EventKind};
 use kickstand_domain::zone::{Area, ZoneKind};
 use kickstand_domain::{VehicleId, VehicleState};
 use parking_lot::Mutex;
 use rusqlite::{Connection, OptionalExtension, params};
 use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::thread::JoinHandle;
 
 /// The migrations, in order; `PRAGMA user_version` is the number applied.
 const MIGRATIONS: &[&str] = &[
@@ -52,9 +56,48 @@ const MIGRATIONS: &[&str] = &[
 ];
 
 pub struct SqliteFleetStore {
-    write: Mutex<Connection>,
+    /// The writer thread's queue; `None` once the store is being dropped.
+    jobs: Option<Sender<Job>>,
+    writer: Option<JoinHandle<()>>,
+    checkpointer: Option<(Sender<()>, JoinHandle<()>)>,
     read: Mutex<Connection>,
 }
+
+/// An event ready to insert: serialised by the caller's thread, so the one writer thread only
+/// runs SQLite.
+struct Row {
+    id: String,
+    vehicle_id: String,
+    kind: &'static str,
+    ts: i64,
+    zone_id: String,
+    from_state: Option<&'static str>,
+    to_state: Option<&'static str>,
+    body: String,
+}
+
+type Reply<T> = Sender<FleetResult<T>>;
+
+/// Work for the writer thread.
+enum Job {
+    /// Appended together with every other `Events` job waiting, in one transaction.
+    Events {
+        rows: Vec<Row>,
+        recorded_at: i64,
+        reply: Reply<usize>,
+    },
+    /// Any other write, alone in its own transaction.
+    Run(WriteFn),
+}
+
+type WriteFn = Box<dyn FnOnce(&mut Connection) + Send>;
+
+/// WAL frames (pages) above which the writer checkpoints itself (`RESTART`) before its next
+/// transaction: the background `PASSIVE` checkpoints copy pages back but cannot restart a WAL
+/// that never stops growing.
+const WAL_RESTART_FRAMES: i64 = 16_384;
+/// How often the background checkpointer copies WAL pages back to the database file.
+const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_millis(500);
 
 fn err(e: impl std::fmt::Display) -> FleetError {
     FleetError(e.to_string())
@@ -94,11 +137,176 @@ impl SqliteFleetStore {
                 .map_err(err)?;
             tx.commit().map_err(err)?;
         }
+        // Checkpoints leave the commit path: the writer thread only appends to the WAL, a
+        // background connection copies pages back (see `checkpoint_loop`).
+        write
+            .pragma_update(None, "wal_autocheckpoint", 0)
+            .map_err(err)?;
+        let wal_frames = Arc::new(AtomicI64::new(0));
+        let (jobs, rx) = crossbeam_channel::unbounded();
+        let frames = wal_frames.clone();
+        let writer = std::thread::Builder::new()
+            .name("fleet-store-writer".into())
+            .spawn(move || write_loop(write, rx, frames))
+            .map_err(err)?;
+        let (stop, stopped) = crossbeam_channel::bounded(1);
+        let checkpoint_conn = open_conn(path)?;
+        let checkpointer = std::thread::Builder::new()
+            .name("fleet-store-checkpoint".into())
+            .spawn(move || checkpoint_loop(checkpoint_conn, stopped, wal_frames))
+            .map_err(err)?;
         let read = open_conn(path)?;
         Ok(SqliteFleetStore {
-            write: Mutex::new(write),
+            jobs: Some(jobs),
+            writer: Some(writer),
+            checkpointer: Some((stop, checkpointer)),
             read: Mutex::new(read),
         })
+    }
+
+    /// Runs `f` on the writer thread, in a transaction, and waits for its answer.
+    fn write<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&rusqlite::Transaction<'_>) -> FleetResult<T> + Send + 'static,
+    ) -> FleetResult<T> {
+        let (reply, answer) = crossbeam_channel::bounded(1);
+        let job = Job::Run(Box::new(move |c: &mut Connection| {
+            let result = c.transaction().map_err(err).and_then(|tx| {
+                let value = f(&tx)?;
+                tx.commit().map_err(err)?;
+                Ok(value)
+            });
+            let _ = reply.send(result);
+        }));
+        self.submit(job, answer)
+    }
+
+    fn submit<T>(&self, job: Job, answer: Receiver<FleetResult<T>>) -> FleetResult<T> {
+        let gone = || FleetError("the fleet store's writer has stopped".into());
+        self.jobs
+            .as_ref()
+            .ok_or_else(gone)?
+            .send(job)
+            .map_err(|_| gone())?;
+        answer.recv().map_err(|_| gone())?
+    }
+}
+
+impl Drop for SqliteFleetStore {
+    fn drop(&mut self) {
+        drop(self.jobs.take());
+        if let Some(w) = self.writer.take() {
+            let _ = w.join();
+        }
+        if let Some((stop, c)) = self.checkpointer.take() {
+            let _ = stop.send(());
+            let _ = c.join();
+        }
+    }
+}
+
+/// The writer thread: takes every `Events` job waiting and stores them in one transaction
+/// (group commit: one WAL append and fsync for all the workers whose groups arrived together),
+/// answering each with how many of its events were new.
+fn write_loop(mut c: Connection, rx: Receiver<Job>, wal_frames: Arc<AtomicI64>) {
+    let mut batch: Vec<(Vec<Row>, i64, Reply<usize>)> = Vec::new();
+    let mut others: Vec<WriteFn> = Vec::new();
+    while let Ok(first) = rx.recv() {
+        let mut next = Some(first);
+        while let Some(job) = next.take().or_else(|| rx.try_recv().ok()) {
+            match job {
+                Job::Events {
+                    rows,
+                    recorded_at,
+                    reply,
+                } => batch.push((rows, recorded_at, reply)),
+                Job::Run(f) => others.push(f),
+            }
+            if batch.len() >= 64 {
+                break;
+            }
+        }
+        if wal_frames.load(Ordering::Relaxed) > WAL_RESTART_FRAMES {
+            // Readers are brief, so this waits little; the background checkpoints have copied
+            // most pages back already.
+            if let Err(error) = c.execute_batch("PRAGMA wal_checkpoint(RESTART)") {
+                tracing::warn!(message = "fleet store checkpoint failed", %error);
+            }
+            wal_frames.store(0, Ordering::Relaxed);
+        }
+        if !batch.is_empty() {
+            match insert_events(&mut c, &batch) {
+                Ok(added) => {
+                    for ((_, _, reply), n) in batch.drain(..).zip(added) {
+                        let _ = reply.send(Ok(n));
+                    }
+                }
+                Err(e) => {
+                    for (_, _, reply) in batch.drain(..) {
+                        let _ = reply.send(Err(e.clone()));
+                    }
+                }
+            }
+        }
+        for f in others.drain(..) {
+            f(&mut c);
+        }
+    }
+    if let Err(error) = c.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)") {
+        tracing::debug!(message = "final fleet store checkpoint failed", %error);
+    }
+}
+
+fn insert_events(
+    c: &mut Connection,
+    batch: &[(Vec<Row>, i64, Reply<usize>)],
+) -> FleetResult<Vec<usize>> {
+    let tx = c.transaction().map_err(err)?;
+    let mut added = Vec::with_capacity(batch.len());
+    {
+        let mut stmt = tx
+            .prepare_cached(
+                "INSERT INTO events (id, vehicle_id, kind, ts, zone_id, from_state, to_state, recorded_at, body)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
+                 ON CONFLICT (ts, vehicle_id, kind, zone_id) DO NOTHING",
+            )
+            .map_err(err)?;
+        for (rows, recorded_at, _) in batch {
+            let mut n = 0;
+            for r in rows {
+                n += stmt
+                    .execute(params![
+                        r.id,
+                        r.vehicle_id,
+                        r.kind,
+                        r.ts,
+                        r.zone_id,
+                        r.from_state,
+                        r.to_state,
+                        recorded_at,
+                        r.body
+                    ])
+                    .map_err(err)?;
+            }
+            added.push(n);
+        }
+    }
+    tx.commit().map_err(err)?;
+    Ok(added)
+}
+
+/// Copies WAL pages back to the database file every `CHECKPOINT_EVERY` (`PASSIVE`: never waits
+/// for the writer or readers), and publishes how long the WAL is.
+fn checkpoint_loop(c: Connection, stop: Receiver<()>, wal_frames: Arc<AtomicI64>) {
+    loop {
+        match stop.recv_timeout(CHECKPOINT_EVERY) {
+            Err(crossbeam_channel::RecvTimeoutError::Timeout) => {}
+            _ => return,
+        }
+        match c.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| r.get::<_, i64>(1)) {
+            Ok(frames) => wal_frames.store(frames, Ordering::Relaxed),
+            Err(error) => tracing::debug!(message = "fleet store checkpoint failed", %error),
+        }
     }
 }
 
@@ -156,48 +364,50 @@ fn stored(row: (u64, i64, String)) -> FleetResult<StoredEvent> {
 
 impl FleetStore for SqliteFleetStore {
     fn put_geofence(&self, g: &Geofence) -> FleetResult<()> {
-        let mut c = self.write.lock();
-        let tx = c.transaction().map_err(err)?;
-        tx.execute(
-            "INSERT INTO geofences (id, name, kind, max_speed_kmh, geometry, created_at, updated_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
-             ON CONFLICT (id) DO UPDATE SET name = excluded.name, kind = excluded.kind,
-               max_speed_kmh = excluded.max_speed_kmh, geometry = excluded.geometry,
-               updated_at = excluded.updated_at",
-            params![
-                g.id,
-                g.name,
-                g.kind.as_str(),
-                g.max_speed_kmh,
-                g.area.to_geojson().to_string(),
-                g.created_at,
-                g.updated_at
-            ],
-        )
-        .map_err(err)?;
-        tx.execute(
-            "UPDATE counters SET value = value + 1 WHERE name = 'geofences_version'",
-            [],
-        )
-        .map_err(err)?;
-        tx.commit().map_err(err)
-    }
-
-    fn delete_geofence(&self, id: &str) -> FleetResult<bool> {
-        let mut c = self.write.lock();
-        let tx = c.transaction().map_err(err)?;
-        let n = tx
-            .execute("DELETE FROM geofences WHERE id = ?1", [id])
+        let g = g.clone();
+        let geometry = g.area.to_geojson().to_string();
+        self.write(move |tx| {
+            tx.execute(
+                "INSERT INTO geofences (id, name, kind, max_speed_kmh, geometry, created_at, updated_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+                 ON CONFLICT (id) DO UPDATE SET name = excluded.name, kind = excluded.kind,
+                   max_speed_kmh = excluded.max_speed_kmh, geometry = excluded.geometry,
+                   updated_at = excluded.updated_at",
+                params![
+                    g.id,
+                    g.name,
+                    g.kind.as_str(),
+                    g.max_speed_kmh,
+                    geometry,
+                    g.created_at,
+                    g.updated_at
+                ],
+            )
             .map_err(err)?;
-        if n > 0 {
             tx.execute(
                 "UPDATE counters SET value = value + 1 WHERE name = 'geofences_version'",
                 [],
             )
             .map_err(err)?;
-        }
-        tx.commit().map_err(err)?;
-        Ok(n > 0)
+            Ok(())
+        })
+    }
+
+    fn delete_geofence(&self, id: &str) -> FleetResult<bool> {
+        let id = id.to_owned();
+        self.write(move |tx| {
+            let n = tx
+                .execute("DELETE FROM geofences WHERE id = ?1", [&id])
+                .map_err(err)?;
+            if n > 0 {
+                tx.execute(
+                    "UPDATE counters SET value = value + 1 WHERE name = 'geofences_version'",
+                    [],
+                )
+                .map_err(err)?;
+            }
+            Ok(n > 0)
+        })
     }
 
     fn geofence(&self, id: &str) -> FleetResult<Option<Geofence>> {
@@ -243,36 +453,28 @@ impl FleetStore for SqliteFleetStore {
         if events.is_empty() {
             return Ok(0);
         }
-        let mut c = self.write.lock();
-        let tx = c.transaction().map_err(err)?;
-        let mut added = 0;
-        {
-            let mut stmt = tx
-                .prepare_cached(
-                    "INSERT INTO events (id, vehicle_id, kind, ts, zone_id, from_state, to_state, recorded_at, body)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
-                     ON CONFLICT (ts, vehicle_id, kind, zone_id) DO NOTHING",
-                )
-                .map_err(err)?;
-            for e in events {
-                let body = serde_json::to_string(e).map_err(err)?;
-                added += stmt
-                    .execute(params![
-                        e.id,
-                        e.vehicle_id.as_str(),
-                        e.kind.as_str(),
-                        e.ts,
-                        e.zone_id.as_deref().unwrap_or(""),
-                        e.from_state.map(VehicleState::as_str),
-                        e.to_state.map(VehicleState::as_str),
-                        recorded_at,
-                        body
-                    ])
-                    .map_err(err)?;
-            }
+        let mut rows = Vec::with_capacity(events.len());
+        for e in events {
+            rows.push(Row {
+                id: e.id.clone(),
+                vehicle_id: e.vehicle_id.as_str().to_owned(),
+                kind: e.kind.as_str(),
+                ts: e.ts,
+                zone_id: e.zone_id.clone().unwrap_or_default(),
+                from_state: e.from_state.map(VehicleState::as_str),
+                to_state: e.to_state.map(VehicleState::as_str),
+                body: serde_json::to_string(e).map_err(err)?,
+            });
         }
-        tx.commit().map_err(err)?;
-        Ok(added)
+        let (reply, answer) = crossbeam_channel::bounded(1);
+        self.submit(
+            Job::Events {
+                rows,
+                recorded_at,
+                reply,
+            },
+            answer,
+        )
     }
 
     fn events(&self, q: &EventQuery) -> FleetResult<Vec<StoredEvent>> {
@@ -332,9 +534,10 @@ impl FleetStore for SqliteFleetStore {
     }
 
     fn drop_events_before(&self, ts: i64) -> FleetResult<usize> {
-        let c = self.write.lock();
-        c.execute("DELETE FROM events WHERE ts < ?1", [ts])
-            .map_err(err)
+        self.write(move |tx| {
+            tx.execute("DELETE FROM events WHERE ts < ?1", [ts])
+                .map_err(err)
+        })
     }
 
     fn last_trip_ends(&self) -> FleetResult<Vec<(VehicleId, i64)>> {
