@@ -207,6 +207,10 @@ pub struct VehicleWatch {
     last: Option<Point>,
     /// The zones `last` lies in, sorted by id.
     inside: Vec<Arc<str>>,
+    /// [`zone_sig`] of `inside`: kept in the watch itself so that the common case, a fix in
+    /// the same zones as the previous one, is recognised without reading `inside` (another
+    /// cache line per vehicle, cold at a fleet's scale).
+    inside_sig: u64,
     /// Whether `last` lies in an operating area.
     in_operating_area: bool,
     /// The newest state reported (a fix without a state keeps it).
@@ -248,6 +252,7 @@ impl VehicleWatch {
             ..VehicleWatch::default()
         };
         w.inside = sorted_ids(zones);
+        w.inside_sig = zone_sig(zones);
         w.in_operating_area = zones.iter().any(|z| z.kind == ZoneKind::OperatingArea);
         w.state = last.state;
         w.battery_low = last
@@ -330,7 +335,11 @@ impl VehicleWatch {
         if let Some(cfg) = events {
             self.events(fix, zones, cfg, out);
         } else {
-            self.inside = sorted_ids(zones);
+            let sig = zone_sig(zones);
+            if zones.len() != self.inside.len() || sig != self.inside_sig {
+                self.inside = sorted_ids(zones);
+                self.inside_sig = sig;
+            }
             self.in_operating_area = zones.iter().any(|z| z.kind == ZoneKind::OperatingArea);
             self.state = p.state.or(self.state);
         }
@@ -392,17 +401,24 @@ impl VehicleWatch {
             }
         }
         // Zones, in id order: exits first, then entries.
-        let now_inside = sorted_ids(zones);
-        for id in &self.inside {
-            if now_inside.binary_search(id).is_err() {
-                out.push(new(EventKind::GeofenceExited, Some(id)));
+        // Most fixes stay in the zones of the previous one: compared without allocating.
+        let sig = zone_sig(zones);
+        let now_inside = if zones.len() == self.inside.len() && sig == self.inside_sig {
+            std::mem::take(&mut self.inside)
+        } else {
+            let now_inside = sorted_ids(zones);
+            for id in &self.inside {
+                if now_inside.binary_search(id).is_err() {
+                    out.push(new(EventKind::GeofenceExited, Some(id)));
+                }
             }
-        }
-        for id in &now_inside {
-            if self.inside.binary_search(id).is_err() {
-                out.push(new(EventKind::GeofenceEntered, Some(id)));
+            for id in &now_inside {
+                if self.inside.binary_search(id).is_err() {
+                    out.push(new(EventKind::GeofenceEntered, Some(id)));
+                }
             }
-        }
+            now_inside
+        };
         let in_operating_area = zones.iter().any(|z| z.kind == ZoneKind::OperatingArea);
         if self.in_operating_area && !in_operating_area {
             out.push(new(EventKind::LeftOperatingArea, None));
@@ -484,8 +500,29 @@ impl VehicleWatch {
             self.locked_at = None;
         }
         self.inside = now_inside;
+        self.inside_sig = sig;
         self.in_operating_area = in_operating_area;
     }
+}
+
+/// An order-independent 64-bit signature of a set of zones, from their ids (so it survives a
+/// reload of the geofences): the sum of a mixed FNV-1a hash of each id. Two different sets of
+/// the same size share a signature with a probability of about 2⁻⁶⁴. A zone listed twice
+/// changes the signature, which only costs the caller a rebuild of its sorted ids.
+fn zone_sig(zones: &[&ZoneRef]) -> u64 {
+    zones.iter().fold(0u64, |acc, z| {
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        for b in z.id.as_bytes() {
+            h = (h ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3);
+        }
+        // The finaliser of MurmurHash3, so that sums of related ids do not collide.
+        h ^= h >> 33;
+        h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
+        h ^= h >> 33;
+        h = h.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+        h ^= h >> 33;
+        acc.wrapping_add(h)
+    })
 }
 
 fn sorted_ids(zones: &[&ZoneRef]) -> Vec<Arc<str>> {

@@ -13,6 +13,7 @@
 
 pub mod postgres;
 pub mod sqlite;
+mod vindex;
 #[cfg(test)]
 mod tests;
 pub mod zones;

@@ -9,6 +9,7 @@
 //! long query never waits for a write and the reverse. Schema versions are kept in
 //! `PRAGMA user_version` and applied in order at open.
 
+use super::vindex::{self, VehicleIndex};
 use super::{EventQuery, FleetError, FleetResult, FleetStore, Geofence, StoredEvent};
 use crossbeam_channel::{Receiver, Sender};
 use kickstand_domain::event::{Event, EventKind};
@@ -53,6 +54,9 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX events_by_vehicle ON events (vehicle_id, seq);
     CREATE INDEX events_by_kind ON events (kind, seq);
     CREATE INDEX events_trip_ends ON events (vehicle_id, ts) WHERE kind = 'state_changed' AND from_state = 'on_trip';",
+    // 2: the by-vehicle access path moves to the LSM index beside the file (`vindex`): a
+    // B-tree on a random key dirtied a page per event.
+    "DROP INDEX events_by_vehicle;",
 ];
 
 pub struct SqliteFleetStore {
@@ -61,6 +65,7 @@ pub struct SqliteFleetStore {
     writer: Option<JoinHandle<()>>,
     checkpointer: Option<(Sender<()>, JoinHandle<()>)>,
     read: Mutex<Connection>,
+    index: Arc<VehicleIndex>,
 }
 
 /// An event ready to insert: serialised by the caller's thread, so the one writer thread only
@@ -142,12 +147,15 @@ impl SqliteFleetStore {
         write
             .pragma_update(None, "wal_autocheckpoint", 0)
             .map_err(err)?;
+        let index = Arc::new(VehicleIndex::open(&path.with_extension("vindex"))?);
+        catch_up(&write, &index)?;
         let wal_frames = Arc::new(AtomicI64::new(0));
         let (jobs, rx) = crossbeam_channel::unbounded();
         let frames = wal_frames.clone();
+        let ix = index.clone();
         let writer = std::thread::Builder::new()
             .name("fleet-store-writer".into())
-            .spawn(move || write_loop(write, rx, frames))
+            .spawn(move || write_loop(write, rx, frames, ix))
             .map_err(err)?;
         let (stop, stopped) = crossbeam_channel::bounded(1);
         let checkpoint_conn = open_conn(path)?;
@@ -161,6 +169,7 @@ impl SqliteFleetStore {
             writer: Some(writer),
             checkpointer: Some((stop, checkpointer)),
             read: Mutex::new(read),
+            index,
         })
     }
 
@@ -208,7 +217,15 @@ impl Drop for SqliteFleetStore {
 /// The writer thread: takes every `Events` job waiting and stores them in one transaction
 /// (group commit: one WAL append and fsync for all the workers whose groups arrived together),
 /// answering each with how many of its events were new.
-fn write_loop(mut c: Connection, rx: Receiver<Job>, wal_frames: Arc<AtomicI64>) {
+fn write_loop(
+    mut c: Connection,
+    rx: Receiver<Job>,
+    wal_frames: Arc<AtomicI64>,
+    index: Arc<VehicleIndex>,
+) {
+    // Set when indexing stored events failed: the index is brought up to date from the file
+    // before the next batch (it is derived data, see `vindex`).
+    let mut index_behind = false;
     let mut batch: Vec<(Vec<Row>, i64, Reply<usize>)> = Vec::new();
     let mut others: Vec<WriteFn> = Vec::new();
     while let Ok(first) = rx.recv() {
@@ -234,9 +251,19 @@ fn write_loop(mut c: Connection, rx: Receiver<Job>, wal_frames: Arc<AtomicI64>) 
             }
             wal_frames.store(0, Ordering::Relaxed);
         }
+        if index_behind {
+            match catch_up(&c, &index) {
+                Ok(()) => index_behind = false,
+                Err(error) => tracing::warn!(message = "vehicle index still behind", %error),
+            }
+        }
         if !batch.is_empty() {
             match insert_events(&mut c, &batch) {
-                Ok(added) => {
+                Ok((added, stored)) => {
+                    if !index_behind && let Err(error) = index.add(&stored) {
+                        tracing::warn!(message = "indexing events by vehicle failed; catching up", %error);
+                        index_behind = true;
+                    }
                     for ((_, _, reply), n) in batch.drain(..).zip(added) {
                         let _ = reply.send(Ok(n));
                     }
@@ -257,12 +284,15 @@ fn write_loop(mut c: Connection, rx: Receiver<Job>, wal_frames: Arc<AtomicI64>) 
     }
 }
 
-fn insert_events(
+/// Inserts the batch in one transaction; returns how many events of each job were new, and
+/// the new events for the vehicle index.
+fn insert_events<'a>(
     c: &mut Connection,
-    batch: &[(Vec<Row>, i64, Reply<usize>)],
-) -> FleetResult<Vec<usize>> {
+    batch: &'a [(Vec<Row>, i64, Reply<usize>)],
+) -> FleetResult<(Vec<usize>, Vec<vindex::Entry<'a>>)> {
     let tx = c.transaction().map_err(err)?;
     let mut added = Vec::with_capacity(batch.len());
+    let mut stored = Vec::new();
     {
         let mut stmt = tx
             .prepare_cached(
@@ -274,7 +304,7 @@ fn insert_events(
         for (rows, recorded_at, _) in batch {
             let mut n = 0;
             for r in rows {
-                n += stmt
+                let inserted = stmt
                     .execute(params![
                         r.id,
                         r.vehicle_id,
@@ -287,12 +317,56 @@ fn insert_events(
                         r.body
                     ])
                     .map_err(err)?;
+                if inserted == 1 {
+                    n += 1;
+                    stored.push(vindex::Entry {
+                        seq: tx.last_insert_rowid() as u64,
+                        vehicle_id: &r.vehicle_id,
+                        is_state: is_state_kind(r.kind),
+                    });
+                }
             }
             added.push(n);
         }
     }
     tx.commit().map_err(err)?;
-    Ok(added)
+    Ok((added, stored))
+}
+
+fn is_state_kind(kind: &str) -> bool {
+    kind == EventKind::StateChanged.as_str() || kind == EventKind::Stale.as_str()
+}
+
+/// Indexes the events the vehicle index does not hold yet (all of them for a new index).
+fn catch_up(c: &Connection, index: &VehicleIndex) -> FleetResult<()> {
+    let mut after = index.indexed()?;
+    let mut stmt = c
+        .prepare_cached(
+            "SELECT seq, vehicle_id, kind FROM events WHERE seq > ?1 ORDER BY seq LIMIT 10000",
+        )
+        .map_err(err)?;
+    loop {
+        let rows: Vec<(u64, String, String)> = stmt
+            .query_map([after as i64], |r| {
+                Ok((r.get::<_, i64>(0)? as u64, r.get(1)?, r.get(2)?))
+            })
+            .map_err(err)?
+            .collect::<Result<_, _>>()
+            .map_err(err)?;
+        let Some(last) = rows.last() else {
+            return Ok(());
+        };
+        after = last.0;
+        let entries: Vec<_> = rows
+            .iter()
+            .map(|(seq, v, kind)| vindex::Entry {
+                seq: *seq,
+                vehicle_id: v,
+                is_state: is_state_kind(kind),
+            })
+            .collect();
+        index.add(&entries)?;
+    }
 }
 
 /// Copies WAL pages back to the database file every `CHECKPOINT_EVERY` (`PASSIVE`: never waits
@@ -478,50 +552,29 @@ impl FleetStore for SqliteFleetStore {
     }
 
     fn events(&self, q: &EventQuery) -> FleetResult<Vec<StoredEvent>> {
-        let mut sql = String::from("SELECT seq, recorded_at, body FROM events WHERE seq > ?1");
-        let mut args: Vec<rusqlite::types::Value> = vec![(q.after_seq as i64).into()];
-        let mut arg = |sql: &mut String, clause: &str, v: rusqlite::types::Value| {
-            args.push(v);
-            sql.push_str(&clause.replace('?', &format!("?{}", args.len())));
+        let Some(vehicle) = &q.vehicle_id else {
+            return self.query_events(q, None);
         };
-        if let Some(v) = &q.vehicle_id {
-            arg(
-                &mut sql,
-                " AND vehicle_id = ?",
-                v.as_str().to_owned().into(),
-            );
-        }
-        if let Some(z) = &q.zone_id {
-            arg(&mut sql, " AND zone_id = ?", z.clone().into());
-        }
-        if let Some(from) = q.from {
-            arg(&mut sql, " AND ts >= ?", from.into());
-        }
-        if let Some(to) = q.to {
-            arg(&mut sql, " AND ts < ?", to.into());
-        }
-        if !q.kinds.is_empty() {
-            sql.push_str(" AND kind IN (");
-            for (i, k) in q.kinds.iter().enumerate() {
-                if i > 0 {
-                    sql.push(',');
-                }
-                arg(&mut sql, "?", k.as_str().to_owned().into());
-            }
-            sql.push(')');
-        }
-        sql.push_str(" ORDER BY seq LIMIT ");
-        sql.push_str(&q.limit.max(1).to_string());
-        let c = self.read.lock();
-        let mut stmt = c.prepare_cached(&sql).map_err(err)?;
-        let rows = stmt
-            .query_map(rusqlite::params_from_iter(args), event_from_row)
-            .map_err(err)?;
+        // One vehicle: its sequence numbers from the index, a page at a time, then the rows
+        // (filtered by the rest of the query) from the file.
+        let limit = q.limit.max(1);
         let mut out = Vec::new();
-        for row in rows {
-            out.push(stored(row.map_err(err)?)?);
+        let mut after = q.after_seq;
+        loop {
+            let seqs = self.index.seqs(vehicle.as_str(), after, PAGE)?;
+            let Some(&last) = seqs.last() else {
+                return Ok(out);
+            };
+            let page = EventQuery {
+                limit: limit - out.len(),
+                ..q.clone()
+            };
+            out.extend(self.query_events(&page, Some(&seqs))?);
+            if out.len() >= limit || seqs.len() < PAGE {
+                return Ok(out);
+            }
+            after = last;
         }
-        Ok(out)
     }
 
     fn event_head(&self) -> FleetResult<u64> {
@@ -534,9 +587,20 @@ impl FleetStore for SqliteFleetStore {
     }
 
     fn drop_events_before(&self, ts: i64) -> FleetResult<usize> {
+        let index = self.index.clone();
         self.write(move |tx| {
-            tx.execute("DELETE FROM events WHERE ts < ?1", [ts])
-                .map_err(err)
+            let n = tx
+                .execute("DELETE FROM events WHERE ts < ?1", [ts])
+                .map_err(err)?;
+            if n > 0 {
+                let min: Option<i64> = tx
+                    .query_row("SELECT MIN(seq) FROM events", [], |r| r.get(0))
+                    .map_err(err)?;
+                // Everything below the oldest kept event goes (all of it when none is left:
+                // sequence numbers never go back).
+                index.drop_below(min.map_or(u64::MAX, |m| m as u64))?;
+            }
+            Ok(n)
         })
     }
 
@@ -562,18 +626,20 @@ impl FleetStore for SqliteFleetStore {
     }
 
     fn last_state_events(&self, vehicles: &[VehicleId]) -> FleetResult<Vec<Event>> {
+        let mut seqs = Vec::with_capacity(vehicles.len());
+        for v in vehicles {
+            if let Some(seq) = self.index.last_state(v.as_str())? {
+                seqs.push(seq);
+            }
+        }
         let c = self.read.lock();
         let mut stmt = c
-            .prepare_cached(
-                "SELECT seq, recorded_at, body FROM events
-                 WHERE vehicle_id = ?1 AND kind IN ('state_changed', 'stale')
-                 ORDER BY seq DESC LIMIT 1",
-            )
+            .prepare_cached("SELECT seq, recorded_at, body FROM events WHERE seq = ?1")
             .map_err(err)?;
         let mut out = Vec::new();
-        for v in vehicles {
+        for seq in seqs {
             let row = stmt
-                .query_row([v.as_str()], event_from_row)
+                .query_row([seq as i64], event_from_row)
                 .optional()
                 .map_err(err)?;
             if let Some(row) = row {
@@ -581,6 +647,71 @@ impl FleetStore for SqliteFleetStore {
             }
         }
         Ok(out)
+    }
+}
+
+/// Sequence numbers read from the vehicle index per query.
+const PAGE: usize = 512;
+
+impl SqliteFleetStore {
+    /// Events matching `q` (its vehicle aside), limited to the sequence numbers `only` when
+    /// given.
+    fn query_events(&self, q: &EventQuery, only: Option<&[u64]>) -> FleetResult<Vec<StoredEvent>> {
+        let mut sql = String::from("SELECT seq, recorded_at, body FROM events WHERE seq > ?1");
+        let mut args: Vec<rusqlite::types::Value> = vec![(q.after_seq as i64).into()];
+        let mut arg = |sql: &mut String, clause: &str, v: rusqlite::types::Value| {
+            args.push(v);
+            sql.push_str(&clause.replace('?', &format!("?{}", args.len())));
+        };
+        if let Some(seqs) = only {
+            // Integers from the index, written into the statement (no text from a request).
+            sql.push_str(" AND seq IN (");
+            for (i, s) in seqs.iter().enumerate() {
+                if i > 0 {
+                    sql.push(',');
+                }
+                sql.push_str(&s.to_string());
+            }
+            sql.push(')');
+        }
+        if let Some(z) = &q.zone_id {
+            arg(&mut sql, " AND zone_id = ?", z.clone().into());
+        }
+        if let Some(from) = q.from {
+            arg(&mut sql, " AND ts >= ?", from.into());
+        }
+        if let Some(to) = q.to {
+            arg(&mut sql, " AND ts < ?", to.into());
+        }
+        if !q.kinds.is_empty() {
+            sql.push_str(" AND kind IN (");
+            for (i, k) in q.kinds.iter().enumerate() {
+                if i > 0 {
+                    sql.push(',');
+                }
+                arg(&mut sql, "?", k.as_str().to_owned().into());
+            }
+            sql.push(')');
+        }
+        sql.push_str(" ORDER BY seq LIMIT ");
+        sql.push_str(&q.limit.max(1).to_string());
+        let c = self.read.lock();
+        let run = |stmt: &mut rusqlite::Statement<'_>| -> FleetResult<Vec<StoredEvent>> {
+            let rows = stmt
+                .query_map(rusqlite::params_from_iter(args), event_from_row)
+                .map_err(err)?;
+            let mut out = Vec::new();
+            for row in rows {
+                out.push(stored(row.map_err(err)?)?);
+            }
+            Ok(out)
+        };
+        // A statement with sequence numbers written in is used once: not cached.
+        if only.is_some() {
+            run(&mut c.prepare(&sql).map_err(err)?)
+        } else {
+            run(&mut *c.prepare_cached(&sql).map_err(err)?)
+        }
     }
 }
 

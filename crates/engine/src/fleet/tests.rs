@@ -14,6 +14,7 @@ use super::*;
 use crate::history::postgres::PostgresConfig;
 use kickstand_domain::zone::Area;
 use std::collections::HashSet;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 /// 2026-11-25T00:00:00Z.
@@ -28,18 +29,65 @@ trait Backend: Sized {
     fn open(&self) -> Box<dyn FleetStore>;
 }
 
+/// The embedded store belongs to one process (its vehicle index is locked), so "another
+/// handle" is the open store itself while one is alive, and a reopened file once every handle
+/// is gone: as `kickstand run` shares one store between its workers, API and dispatcher.
 struct Sqlite {
     dir: tempfile::TempDir,
+    live: parking_lot::Mutex<std::sync::Weak<SqliteFleetStore>>,
 }
 
 impl Backend for Sqlite {
     fn fresh() -> Option<Self> {
         Some(Sqlite {
             dir: tempfile::tempdir().unwrap(),
+            live: parking_lot::Mutex::default(),
         })
     }
     fn open(&self) -> Box<dyn FleetStore> {
-        Box::new(SqliteFleetStore::open(&self.dir.path().join("fleet.db")).unwrap())
+        let mut live = self.live.lock();
+        if let Some(store) = live.upgrade() {
+            return Box::new(store);
+        }
+        let store = Arc::new(SqliteFleetStore::open(&self.dir.path().join("fleet.db")).unwrap());
+        *live = Arc::downgrade(&store);
+        Box::new(store)
+    }
+}
+
+impl<T: FleetStore + ?Sized> FleetStore for Arc<T> {
+    fn put_geofence(&self, g: &Geofence) -> FleetResult<()> {
+        (**self).put_geofence(g)
+    }
+    fn delete_geofence(&self, id: &str) -> FleetResult<bool> {
+        (**self).delete_geofence(id)
+    }
+    fn geofence(&self, id: &str) -> FleetResult<Option<Geofence>> {
+        (**self).geofence(id)
+    }
+    fn geofences(&self) -> FleetResult<Vec<Geofence>> {
+        (**self).geofences()
+    }
+    fn geofences_version(&self) -> FleetResult<u64> {
+        (**self).geofences_version()
+    }
+    fn append_events(&self, events: &[Event], recorded_at: i64) -> FleetResult<usize> {
+        (**self).append_events(events, recorded_at)
+    }
+    fn events(&self, q: &EventQuery) -> FleetResult<Vec<StoredEvent>> {
+        (**self).events(q)
+    }
+    fn event_head(&self) -> FleetResult<u64> {
+        (**self).event_head()
+    }
+    fn drop_events_before(&self, ts: i64) -> FleetResult<usize> {
+        (**self).drop_events_before(ts)
+    }
+    fn last_trip_ends(&self) -> FleetResult<Vec<(VehicleId, i64)>> {
+        (**self).last_trip_ends()
+    }
+    fn last_state_events(&self, vehicles: &[VehicleId]) -> FleetResult<Vec<Event>> {
+        (**self).last_state_events(vehicles)
     }
 }
 
@@ -828,4 +876,53 @@ mod postgres_only {
         let e = PgFleetStore::open(&bad_schema).err().expect("refused");
         assert!(e.0.contains("schema"), "{e}");
     }
+}
+
+/// The vehicle index beside `fleet.db` is derived data: deleted (or behind after a crash), it
+/// is rebuilt from the file at open, and a second process gets a clear error.
+#[test]
+fn sqlite_vehicle_index_is_rebuilt_and_locked_to_one_process() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("fleet.db");
+    let events = mixed_events();
+    let before = {
+        let store = SqliteFleetStore::open(&path).unwrap();
+        store.append_events(&events, T0).unwrap();
+        let other = SqliteFleetStore::open(&path).err().expect("locked");
+        assert!(other.to_string().contains("another process"), "{other}");
+        by_vehicle(&store, &events)
+    };
+    assert!(before.iter().any(|(_, ids)| !ids.is_empty()));
+    std::fs::remove_dir_all(dir.path().join("fleet.vindex")).unwrap();
+    let store = SqliteFleetStore::open(&path).unwrap();
+    assert_eq!(by_vehicle(&store, &events), before);
+}
+
+fn by_vehicle(store: &dyn FleetStore, events: &[Event]) -> Vec<(String, Vec<String>)> {
+    let mut vehicles: Vec<_> = events.iter().map(|e| e.vehicle_id.clone()).collect();
+    vehicles.sort();
+    vehicles.dedup();
+    vehicles
+        .into_iter()
+        .map(|v| {
+            let q = EventQuery {
+                vehicle_id: Some(v.clone()),
+                limit: 1000,
+                ..EventQuery::default()
+            };
+            let ids = store
+                .events(&q)
+                .unwrap()
+                .into_iter()
+                .map(|e| e.event.id)
+                .collect();
+            let last: Vec<String> = store
+                .last_state_events(std::slice::from_ref(&v))
+                .unwrap()
+                .into_iter()
+                .map(|e| format!("last:{}", e.id))
+                .collect();
+            (v.as_str().to_owned(), [ids, last].concat())
+        })
+        .collect()
 }
