@@ -184,18 +184,8 @@ impl Engine {
                             _ => return,
                         }
                         upkeep_pass(history.as_ref(), retain_ms);
-                        if let Some(store) = &events
-                            && retain_ms > 0
-                        {
-                            match store.drop_events_before(now_ms() - retain_ms) {
-                                Ok(0) => {}
-                                Ok(n) => {
-                                    tracing::info!(message = "retention dropped events", events = n)
-                                }
-                                Err(error) => {
-                                    tracing::error!(message = "event retention failed", %error)
-                                }
-                            }
+                        if let Some(store) = &events {
+                            event_retention(store.as_ref(), retain_ms);
                         }
                     }
                 })?
@@ -213,16 +203,18 @@ impl Engine {
     }
 
     /// The engine of a scale-out process (`kickstand serve`): the given transport (RabbitMQ),
-    /// state (Redis) and history (PostgreSQL), and no in-process workers — the RabbitMQ consumer
-    /// is the worker. With `keeper` (the worker role) it also runs history upkeep and keeps a
-    /// shared state store primed: whenever the store says it is empty (new, restarted or
-    /// flushed), it is rebuilt from history within a second or so. An in-memory state is
-    /// restored here, as in [`Engine::start`].
+    /// state (Redis), history (PostgreSQL) and fleet (geofences and events, for the API; the
+    /// consumer runs the watch), and no in-process workers — the RabbitMQ consumer is the
+    /// worker. With `keeper` (the worker role) it also runs upkeep (history, and event
+    /// retention) and keeps a shared state store primed: whenever the store says it is empty
+    /// (new, restarted or flushed), it is rebuilt from history within a second or so. An
+    /// in-memory state is restored here, as in [`Engine::start`].
     pub fn assemble(
         transport: Arc<dyn Transport>,
         state: Arc<dyn StateStore>,
         history: Arc<dyn HistoryStore>,
         config: EngineConfig,
+        fleet: Option<Arc<FleetWatch>>,
         keeper: bool,
     ) -> Result<Engine, EngineError> {
         config.span()?;
@@ -234,6 +226,7 @@ impl Engine {
         let upkeep = if keeper {
             let history = history.clone();
             let state = state.clone();
+            let events = fleet.as_ref().map(|f| f.store.clone());
             let interval = Duration::from_secs(config.maintenance_interval_secs.max(1));
             let retain_ms = i64::from(config.retain_days) * 86_400_000;
             Some(
@@ -249,6 +242,9 @@ impl Engine {
                             keep_primed(history.as_ref(), state.as_ref());
                             if last_upkeep.elapsed() >= interval {
                                 upkeep_pass(history.as_ref(), retain_ms);
+                                if let Some(store) = &events {
+                                    event_retention(store.as_ref(), retain_ms);
+                                }
                                 last_upkeep = Instant::now();
                             }
                         }
@@ -262,7 +258,7 @@ impl Engine {
             state,
             history,
             config,
-            fleet: None,
+            fleet,
             workers: parking_lot::Mutex::new(Vec::new()),
             stop_upkeep: parking_lot::Mutex::new(Some(stop_tx)),
             upkeep: parking_lot::Mutex::new(upkeep),
@@ -343,6 +339,18 @@ fn keep_primed(history: &dyn HistoryStore, state: &dyn StateStore) {
             }
         }
         Err(error) => tracing::debug!(message = "latest-state store unavailable", %error),
+    }
+}
+
+/// Drops the events older than the retention period (none when `retain_ms` is 0).
+fn event_retention(store: &dyn crate::fleet::FleetStore, retain_ms: i64) {
+    if retain_ms <= 0 {
+        return;
+    }
+    match store.drop_events_before(now_ms() - retain_ms) {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(message = "retention dropped events", events = n),
+        Err(error) => tracing::error!(message = "event retention failed", %error),
     }
 }
 

@@ -236,6 +236,9 @@ pub async fn run(
         ("KICKSTAND_HISTORY__KIND", "postgres"),
         ("KICKSTAND_HISTORY__POSTGRES__URL", pg.url.as_str()),
         ("KICKSTAND_HISTORY__POSTGRES__SCHEMA", &name),
+        ("KICKSTAND_FLEET__STORE", "postgres"),
+        ("KICKSTAND_FLEET__POSTGRES__URL", pg.url.as_str()),
+        ("KICKSTAND_FLEET__POSTGRES__SCHEMA", &name),
     ]
     .iter()
     .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))

@@ -7,15 +7,25 @@
 //!
 //! - `ingest`: HTTP and MQTT ingest publish to RabbitMQ and answer the device once the broker
 //!   confirmed. Without it, ingest requests are refused with 503.
-//! - `worker`: consumes the shard queues, writes history and the latest state, acks; runs history
-//!   upkeep and rebuilds an emptied Redis from history.
-//! - `api`: the query API, the live stream and the map (stateless: everything comes from Redis
-//!   and the history store).
+//! - `worker`: consumes the shard queues, runs the quality filters and the event rules, writes
+//!   events, history and the latest state, acks; runs upkeep (history, event retention),
+//!   rebuilds an emptied Redis from history, and runs a webhook dispatcher (one of them
+//!   delivers: see [`kickstand_webhooks::dispatch`]).
+//! - `api`: the query API, the live stream and the map (stateless: everything comes from Redis,
+//!   the history store and the fleet store).
+//!
+//! Every process opens the fleet store (`[fleet]`: geofences, events, webhook subscriptions),
+//! so the geofence, event, webhook, GBFS and MDS routes answer on any of them. Ingest processes
+//! also serve the OsmAnd port (`[osmand] listen`).
 
-use crate::server::{app_state, metrics_handle, open_keys, serve_http, shutdown_signal};
+use crate::server::{
+    app_state, metrics_handle, open_fleet, open_keys, serve_http, shutdown_signal,
+    start_osmand_port, start_webhooks,
+};
 use crate::settings::Settings;
 use anyhow::Context;
 use kickstand_engine::Engine;
+use kickstand_engine::fleet::FleetStoreKind;
 use kickstand_engine::rabbitmq::TransportKind;
 use kickstand_engine::rabbitmq::consumer::{self, WorkerPorts};
 use kickstand_engine::rabbitmq::publisher::RabbitTransport;
@@ -70,6 +80,12 @@ pub fn run_blocking(settings: Settings, roles: BTreeSet<Role>) -> anyhow::Result
         settings.history.kind != kickstand_engine::history::HistoryKind::Embedded || all,
         "processes with only some of the roles share one history: set [history] kind = \"postgres\" \
          (or \"mongodb\"); the embedded store is one process's files"
+    );
+    anyhow::ensure!(
+        settings.fleet.store == FleetStoreKind::Postgres || all,
+        "processes with only some of the roles share geofences, events and webhook subscriptions: \
+         set [fleet] store = \"postgres\" (KICKSTAND_FLEET__STORE=postgres) and [fleet.postgres]; \
+         the embedded store is one process's files"
     );
     anyhow::ensure!(
         settings.state.kind == StateKind::Redis || all,
@@ -128,11 +144,12 @@ async fn serve(mut settings: Settings, roles: BTreeSet<Role>) -> anyhow::Result<
         Some(t) => t.clone(),
         None => Arc::new(NoIngest),
     };
+    let fleet = open_fleet(&settings).await?;
     let engine = {
         let (state, history, cfg) = (state.clone(), history.clone(), settings.engine.clone());
-        let transport = transport.clone();
+        let (transport, fleet) = (transport.clone(), fleet.clone());
         tokio::task::spawn_blocking(move || {
-            Engine::assemble(transport, state, history, cfg, worker)
+            Engine::assemble(transport, state, history, cfg, Some(fleet), worker)
         })
         .await?
         .context("cannot start the engine")?
@@ -146,6 +163,7 @@ async fn serve(mut settings: Settings, roles: BTreeSet<Role>) -> anyhow::Result<
                 history: history.clone(),
                 state: state.clone(),
                 group_max_fixes: settings.engine.group_max_fixes,
+                fleet: Some(fleet.clone()),
             },
             stop_rx.clone(),
         ))
@@ -170,7 +188,7 @@ async fn serve(mut settings: Settings, roles: BTreeSet<Role>) -> anyhow::Result<
         .iter()
         .map(|r| format!("{r:?}").to_lowercase())
         .collect();
-    tracing::info!(message = "kickstand serve is running", %addr, roles = %names.join(","), history = ?settings.history.kind, state = ?settings.state.kind);
+    tracing::info!(message = "kickstand serve is running", %addr, roles = %names.join(","), history = ?settings.history.kind, state = ?settings.state.kind, fleet = ?settings.fleet.store);
     let keys = open_keys(&settings, addr)?;
     if settings.gbfs.rotation_secret.is_empty() {
         tracing::warn!(
@@ -179,7 +197,15 @@ async fn serve(mut settings: Settings, roles: BTreeSet<Role>) -> anyhow::Result<
     }
     settings.gbfs.rotation_secret = crate::server::gbfs_rotation_secret(&settings)?;
     let _ = metrics_handle();
-    let state = app_state(engine.clone(), &settings, keys, None);
+    // Worker processes dispatch webhooks (one of them delivers at a time); the others serve
+    // the subscriptions' routes.
+    let (webhooks, dispatcher) =
+        start_webhooks(&settings, &fleet, worker.then(|| stop_rx.clone())).await?;
+    if ingest {
+        let osmand = app_state(engine.clone(), &settings, keys.clone(), None);
+        start_osmand_port(&settings, osmand, stop_rx.clone()).await?;
+    }
+    let state = app_state(engine.clone(), &settings, keys, Some(webhooks));
     let result = serve_http(listener, state, shutdown_signal()).await;
     // Ingest stops first (nothing new is confirmed to devices), then the workers finish the
     // groups in hand and ack them; unacked messages stay in RabbitMQ for the next worker.
@@ -190,6 +216,7 @@ async fn serve(mut settings: Settings, roles: BTreeSet<Role>) -> anyhow::Result<
     if let Some(c) = consumer {
         let _ = tokio::time::timeout(Duration::from_secs(35), c).await;
     }
+    crate::server::dispatcher_stopped(dispatcher).await;
     tokio::task::spawn_blocking(move || engine.shutdown()).await?;
     tracing::info!(message = "kickstand serve stopped");
     result

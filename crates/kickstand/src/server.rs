@@ -6,20 +6,23 @@
 use crate::settings::{LogSettings, Settings};
 use anyhow::Context;
 use kickstand_engine::Engine;
-use kickstand_engine::fleet::FleetStore;
-use kickstand_engine::fleet::sqlite::SqliteFleetStore;
 use kickstand_engine::fleet::zones::Zones;
+use kickstand_engine::fleet::{FleetStoreKind, config as fleet_config};
 use kickstand_engine::history::HistoryKind;
 use kickstand_engine::watcher::FleetWatch;
 use kickstand_http::auth::{KeyStore, Scope};
 use kickstand_http::events::StoreFeed;
 use kickstand_http::feeds::FeedSettings;
 use kickstand_http::{AppState, router};
-use kickstand_webhooks::{Dispatcher, EventFeed, Sender, SqliteWebhookStore, WebhookService};
+use kickstand_webhooks::{
+    Dispatcher, EventFeed, PgWebhookStore, Sender, SqliteWebhookStore, WebhookService, WebhookStore,
+};
 use metrics_exporter_prometheus::PrometheusHandle;
 use std::future::Future;
 use std::sync::Arc;
 use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
 
 /// Prints a line for the person who started the server. A closed stdout (a supervisor that
 /// stopped reading) must not take the server down, so write errors are ignored.
@@ -111,34 +114,107 @@ pub fn app_state(
     .with_webhooks(webhooks)
 }
 
-/// The webhook subscriptions (`webhooks.db` in the data directory) and their dispatcher, which
-/// follows the fleet's events until `shutdown`.
-pub fn start_webhooks(
+/// The webhook subscriptions (`[fleet] store`: `webhooks.db` in the data directory, or the
+/// `webhook_*` tables in the `[fleet.postgres]` schema) and, with `dispatch`, their dispatcher,
+/// which follows the fleet's events until `dispatch` turns true. Every process that shares a
+/// PostgreSQL store may dispatch: an advisory lock makes one of them deliver. Returns the
+/// service and the dispatcher's task, which ends once it has resigned the leadership: await it
+/// before the runtime goes.
+pub async fn start_webhooks(
     settings: &Settings,
     fleet: &FleetWatch,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> anyhow::Result<Arc<WebhookService>> {
-    let path = settings.data_dir.join("webhooks.db");
-    let store = Arc::new(
-        SqliteWebhookStore::open(&path)
-            .with_context(|| format!("cannot open the webhook store {}", path.display()))?,
-    );
+    dispatch: Option<watch::Receiver<bool>>,
+) -> anyhow::Result<(Arc<WebhookService>, Option<JoinHandle<()>>)> {
+    let store: Arc<dyn WebhookStore> = {
+        let (cfg, dir) = (settings.fleet.clone(), settings.data_dir.clone());
+        // Both stores block while they open (the PostgreSQL one runs a runtime of its own).
+        tokio::task::spawn_blocking(move || -> anyhow::Result<Arc<dyn WebhookStore>> {
+            Ok(match cfg.store {
+                FleetStoreKind::Embedded => {
+                    let path = dir.join("webhooks.db");
+                    Arc::new(SqliteWebhookStore::open(&path).with_context(|| {
+                        format!("cannot open the webhook store {}", path.display())
+                    })?)
+                }
+                FleetStoreKind::Postgres => {
+                    let pg = &cfg.postgres;
+                    let tls =
+                        kickstand_engine::history::postgres::tls_if_required(pg, "fleet.postgres")?;
+                    Arc::new(
+                        PgWebhookStore::open(&pg.url, &pg.schema, tls)
+                            .context("cannot open the webhook store in PostgreSQL")?,
+                    )
+                }
+            })
+        })
+        .await??
+    };
     let feed: Arc<dyn EventFeed> = Arc::new(StoreFeed(fleet.store.clone()));
     let sender = Sender::new(&settings.webhooks).context("cannot set up the webhook client")?;
-    let (handle, _task) = Dispatcher::spawn(
-        store.clone(),
-        feed.clone(),
-        sender.clone(),
-        &settings.webhooks,
-        shutdown,
-    );
-    Ok(Arc::new(WebhookService {
+    let (dispatcher, task) = match dispatch {
+        Some(mut stop) => {
+            let (handle, task) = Dispatcher::spawn(
+                store.clone(),
+                feed.clone(),
+                sender.clone(),
+                &settings.webhooks,
+                async move {
+                    let _ = stop.wait_for(|stop| *stop).await;
+                },
+            );
+            (Some(handle), Some(task))
+        }
+        None => (None, None),
+    };
+    let service = Arc::new(WebhookService {
         store,
         feed,
         sender,
         config: settings.webhooks.clone(),
-        dispatcher: Some(handle),
-    }))
+        dispatcher,
+    });
+    Ok((service, task))
+}
+
+/// Waits (at most 10 s) for a stopped dispatcher to resign, so the next leader takes over at
+/// once and no store call of it is cut off by the runtime's end.
+pub async fn dispatcher_stopped(task: Option<JoinHandle<()>>) {
+    if let Some(task) = task
+        && tokio::time::timeout(std::time::Duration::from_secs(10), task)
+            .await
+            .is_err()
+    {
+        tracing::warn!(message = "the webhook dispatcher did not stop within 10 s");
+    }
+}
+
+/// Serves the OsmAnd / Traccar Client protocol on `[osmand] listen`, on every path, until
+/// `stop` turns true. Does nothing when the port is not configured.
+pub async fn start_osmand_port(
+    settings: &Settings,
+    app: AppState,
+    mut stop: watch::Receiver<bool>,
+) -> anyhow::Result<()> {
+    let Some(osmand) = settings.osmand.listen else {
+        return Ok(());
+    };
+    let listener = TcpListener::bind(osmand)
+        .await
+        .with_context(|| format!("cannot listen for OsmAnd devices on {osmand}"))?;
+    tracing::info!(message = "osmand protocol port open", addr = %listener.local_addr()?);
+    tokio::spawn(async move {
+        let router = kickstand_http::osmand::protocol_router(app);
+        let done = async move {
+            let _ = stop.wait_for(|stop| *stop).await;
+        };
+        if let Err(error) = axum::serve(listener, router)
+            .with_graceful_shutdown(done)
+            .await
+        {
+            tracing::error!(message = "osmand port failed", %error);
+        }
+    });
+    Ok(())
 }
 
 /// Opens the API keys of `settings.data_dir` (or none when authentication is off) and prints the
@@ -219,21 +295,26 @@ async fn demo_fleet(engine: Arc<Engine>, vehicles: usize) {
     }
 }
 
-/// The fleet store (`fleet.db` in the data directory), the geofence index, and the quality
-/// and event settings the workers run.
-pub fn open_fleet(settings: &Settings) -> anyhow::Result<Arc<FleetWatch>> {
-    let path = settings.data_dir.join("fleet.db");
-    let store: Arc<dyn FleetStore> = Arc::new(
-        SqliteFleetStore::open(&path)
-            .with_context(|| format!("cannot open the fleet store {}", path.display()))?,
-    );
-    let zones = Arc::new(Zones::load(store.clone()).context("cannot load the geofences")?);
-    Ok(Arc::new(FleetWatch {
-        quality: settings.quality.clone(),
-        events: settings.events.clone(),
-        zones,
-        store,
-    }))
+/// The fleet store (`[fleet] store`: `fleet.db` in the data directory, or PostgreSQL), the
+/// geofence index, and the quality and event settings the workers run.
+pub async fn open_fleet(settings: &Settings) -> anyhow::Result<Arc<FleetWatch>> {
+    let (cfg, dir) = (settings.fleet.clone(), settings.data_dir.clone());
+    let (quality, events) = (settings.quality.clone(), settings.events.clone());
+    // The stores block while they open and load (the PostgreSQL one runs a runtime of its own).
+    tokio::task::spawn_blocking(move || {
+        let store = fleet_config::open(&cfg, &dir).with_context(|| match cfg.store {
+            FleetStoreKind::Embedded => "cannot open the fleet store".to_owned(),
+            FleetStoreKind::Postgres => "cannot open the fleet store in PostgreSQL".to_owned(),
+        })?;
+        let zones = Arc::new(Zones::load(store.clone()).context("cannot load the geofences")?);
+        Ok(Arc::new(FleetWatch {
+            quality,
+            events,
+            zones,
+            store,
+        }))
+    })
+    .await?
 }
 
 /// The key of the GBFS public-id rotation: `gbfs.rotation_secret`, or one made at the first
@@ -266,7 +347,7 @@ pub fn run_blocking(mut settings: Settings, options: RunOptions) -> anyhow::Resu
         std::fs::create_dir_all(&settings.data_dir)
             .with_context(|| format!("cannot create data directory {}", settings.data_dir.display()))?;
         settings.gbfs.rotation_secret = gbfs_rotation_secret(&settings)?;
-        let fleet = open_fleet(&settings)?;
+        let fleet = open_fleet(&settings).await?;
         let engine = {
             let dir = settings.data_dir.clone();
             let cfg = settings.engine.clone();
@@ -291,38 +372,19 @@ pub fn run_blocking(mut settings: Settings, options: RunOptions) -> anyhow::Resu
             tokio::spawn(demo_fleet(engine.clone(), options.demo));
         }
         let (stop_mqtt, stopped) = tokio::sync::watch::channel(false);
-        let webhooks = {
-            let mut stop = stopped.clone();
-            start_webhooks(&settings, &fleet, async move {
-                let _ = stop.changed().await;
-            })?
-        };
+        let (webhooks, dispatcher) = start_webhooks(&settings, &fleet, Some(stopped.clone())).await?;
         if settings.mqtt.enabled {
             let dead = Arc::new(crate::mqtt::DeadLetters::open(&settings.data_dir)?);
             tracing::info!(message = "mqtt ingest started", host = %settings.mqtt.host, port = settings.mqtt.port, topic = %settings.mqtt.topic, dead_letters = %dead.path().display());
             tokio::spawn(crate::mqtt::run(settings.mqtt.clone(), engine.transport.clone(), dead, stopped.clone()));
         }
-        if let Some(osmand) = settings.osmand.listen {
-            let listener = TcpListener::bind(osmand)
-                .await
-                .with_context(|| format!("cannot listen for OsmAnd devices on {osmand}"))?;
-            tracing::info!(message = "osmand protocol port open", addr = %listener.local_addr()?);
-            let app = app_state(engine.clone(), &settings, keys.clone(), None);
-            let mut stop = stopped.clone();
-            tokio::spawn(async move {
-                let router = kickstand_http::osmand::protocol_router(app);
-                let done = async move {
-                    let _ = stop.changed().await;
-                };
-                if let Err(error) = axum::serve(listener, router).with_graceful_shutdown(done).await {
-                    tracing::error!(message = "osmand port failed", %error);
-                }
-            });
-        }
+        let osmand = app_state(engine.clone(), &settings, keys.clone(), None);
+        start_osmand_port(&settings, osmand, stopped.clone()).await?;
         // Unacked MQTT messages at shutdown are sent again by the broker on the next start.
         let state = app_state(engine, &settings, keys, Some(webhooks));
         let result = serve(listener, state, shutdown_signal()).await;
         let _ = stop_mqtt.send(true);
+        dispatcher_stopped(dispatcher).await;
         result
     })
 }

@@ -7,6 +7,7 @@ use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
 use kickstand_domain::watch::{EventConfig, QualityConfig};
 use kickstand_engine::EngineConfig;
+use kickstand_engine::fleet::FleetConfig;
 use kickstand_engine::history::{HistoryConfig, HistoryKind};
 use kickstand_engine::rabbitmq::{TransportConfig, TransportKind};
 use kickstand_engine::state::{StateConfig, StateKind};
@@ -48,6 +49,9 @@ pub struct Settings {
     pub mds: MdsConfig,
     /// Delivery of fleet events to webhook subscriptions (`/api/v1/webhooks`).
     pub webhooks: WebhookConfig,
+    /// Where geofences, fleet events and webhook subscriptions are kept (`kickstand serve`:
+    /// PostgreSQL, shared by every process).
+    pub fleet: FleetConfig,
 }
 
 #[derive(Clone, Debug, Default, Deserialize, Serialize)]
@@ -111,6 +115,7 @@ impl Default for Settings {
             gbfs: GbfsConfig::default(),
             mds: MdsConfig::default(),
             webhooks: WebhookConfig::default(),
+            fleet: FleetConfig::default(),
         }
     }
 }
@@ -192,6 +197,7 @@ impl Settings {
             .validate()
             .map_err(|e| anyhow::anyhow!("webhooks: {e}"))?;
         self.events.validate().map_err(anyhow::Error::msg)?;
+        self.fleet.validate().map_err(anyhow::Error::msg)?;
         anyhow::ensure!(
             matches!(self.log.format.as_str(), "text" | "json"),
             "log.format must be text or json"
@@ -237,6 +243,11 @@ mod tests {
             assert_eq!(s.mds, d.mds);
             assert_eq!(s.webhooks, d.webhooks);
             assert_eq!(s.osmand.listen, d.osmand.listen);
+            assert_eq!(s.fleet.store, d.fleet.store);
+            assert_eq!(s.fleet.postgres.url, d.fleet.postgres.url);
+            assert_eq!(s.fleet.postgres.schema, d.fleet.postgres.schema);
+            assert_eq!(s.fleet.postgres.pool_size, d.fleet.postgres.pool_size);
+            assert_eq!(s.fleet.postgres.ca_file, d.fleet.postgres.ca_file);
         });
     }
 
@@ -261,6 +272,32 @@ mod tests {
             let s = Settings::load(None, Figment::new()).unwrap();
             assert_eq!(s.engine.workers, 3);
             jail.set_env("KICKSTAND_ENGINE__WORKERZ", "3");
+            assert!(Settings::load(None, Figment::new()).is_err());
+        });
+    }
+
+    #[test]
+    fn the_fleet_store_is_chosen_from_the_environment_and_checked() {
+        use kickstand_engine::fleet::FleetStoreKind;
+        jailed(|jail| {
+            assert_eq!(
+                Settings::load(None, Figment::new()).unwrap().fleet.store,
+                FleetStoreKind::Embedded
+            );
+            jail.set_env("KICKSTAND_FLEET__STORE", "postgres");
+            jail.set_env("KICKSTAND_FLEET__POSTGRES__SCHEMA", "fleet_1");
+            let s = Settings::load(None, Figment::new()).unwrap();
+            assert_eq!(s.fleet.store, FleetStoreKind::Postgres);
+            assert_eq!(s.fleet.postgres.schema, "fleet_1");
+            // The webhook tables share the schema, and take no other names.
+            jail.set_env("KICKSTAND_FLEET__POSTGRES__SCHEMA", "fleet-1");
+            let e = Settings::load(None, Figment::new()).unwrap_err();
+            assert!(format!("{e:#}").contains("fleet.postgres.schema"), "{e:#}");
+            jail.set_env("KICKSTAND_FLEET__POSTGRES__SCHEMA", "kickstand");
+            jail.set_env("KICKSTAND_FLEET__POSTGRES__URL", " ");
+            let e = Settings::load(None, Figment::new()).unwrap_err();
+            assert!(format!("{e:#}").contains("fleet.postgres.url"), "{e:#}");
+            jail.set_env("KICKSTAND_FLEET__STORE", "sqlite");
             assert!(Settings::load(None, Figment::new()).is_err());
         });
     }

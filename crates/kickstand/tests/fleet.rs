@@ -590,3 +590,45 @@ async fn a_kill_9_mid_stream_loses_no_event_and_repeats_none() {
     assert_eq!(event_keys(&c, &s).await, want);
     s.stop();
 }
+
+#[tokio::test]
+async fn run_can_keep_geofences_events_and_webhooks_in_postgres() {
+    let Some(url) = kickstand_engine::testing::service_url("POSTGRES") else {
+        return;
+    };
+    let schema = kickstand_engine::testing::unique_name("ks_run_fleet");
+    let env = [
+        ("KICKSTAND_FLEET__STORE", "postgres"),
+        ("KICKSTAND_FLEET__POSTGRES__URL", url.as_str()),
+        ("KICKSTAND_FLEET__POSTGRES__SCHEMA", schema.as_str()),
+    ];
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start_with(dir.path(), &env);
+    let c = client();
+    let zone = json!({"id": "np", "kind": "no_parking", "geometry": polygon(LAT, LON, 0.001)});
+    assert_eq!(post(&c, s.url("/api/v1/geofences"), &zone).await.0, 201);
+    let hook = json!({"url": "http://127.0.0.1:9/hook"});
+    assert_eq!(post(&c, s.url("/api/v1/webhooks"), &hook).await.0, 201);
+    send(&c, &s, json!([fix("pg-1", now_ms() - 1_000, LAT, LON)])).await;
+    let events = kinds(&events_of(&c, &s, "pg-1").await);
+    assert!(
+        events.contains(&"geofence_entered:np".to_owned()),
+        "{events:?}"
+    );
+    s.stop();
+    // Nothing of it is in the data directory; a restart finds it all in PostgreSQL.
+    assert!(!dir.path().join("fleet.db").exists());
+    assert!(!dir.path().join("webhooks.db").exists());
+    let s = Server::start_with(dir.path(), &env);
+    assert_eq!(kinds(&events_of(&c, &s, "pg-1").await), events);
+    let zones = get_json(&c, &s.url("/api/v1/geofences")).await;
+    assert_eq!(zones["geofences"][0]["id"], "np", "{zones}");
+    let hooks = get_json(&c, &s.url("/api/v1/webhooks")).await;
+    assert_eq!(
+        hooks.to_string().matches("127.0.0.1:9/hook").count(),
+        1,
+        "{hooks}"
+    );
+    s.stop();
+    common::drop_pg_schema(url, schema).await;
+}

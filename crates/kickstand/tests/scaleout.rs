@@ -151,8 +151,12 @@ async fn separate_processes_share_one_fleet_and_a_poison_message_is_dead_lettere
         b"{\"not\":\"a batch\"}",
     )
     .await;
+    // (Each where it was: a jump of hundreds of metres in seconds would be flagged.)
     let later: Vec<Value> = (0..100)
-        .map(|v| fix(&format!("sc-{v}"), t0 + 3_000, 37.5, 127.0))
+        .map(|v| {
+            let lon = 127.0 + f64::from(v) * 1e-4;
+            fix(&format!("sc-{v}"), t0 + 3_000, 37.5, lon)
+        })
         .collect();
     assert_eq!(post(&c, &ingest, &Value::Array(later)).await.status(), 202);
     eventually(

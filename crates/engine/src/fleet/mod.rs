@@ -2,21 +2,24 @@
 //!
 //! [`FleetStore`] is the port; [`sqlite::SqliteFleetStore`] is the embedded default (one SQLite
 //! file in the data directory) and [`postgres::PgFleetStore`] the store that the processes of a
-//! scale-out deployment share. Workers append the events they compute; the API lists
-//! geofences and events; the webhook dispatcher and the live stream follow events by their
-//! sequence number.
+//! scale-out deployment share; [`config::open`] opens the one `[fleet] store` names. Workers
+//! append the events they compute; the API lists geofences and events; the webhook dispatcher
+//! and the live stream follow events by their sequence number.
 //!
 //! **Contract:** appending an event whose id is already stored does nothing (ids are
 //! deterministic, see [`Event::make_id`]), so a batch processed twice stores its events once;
 //! sequence numbers only grow, so "everything after `seq`" never misses an event that was
 //! committed before the call.
 
+pub mod config;
 pub mod postgres;
 pub mod sqlite;
-mod vindex;
 #[cfg(test)]
 mod tests;
+mod vindex;
 pub mod zones;
+
+pub use config::{FleetConfig, FleetStoreKind};
 
 use kickstand_domain::event::{Event, EventKind};
 use kickstand_domain::zone::{Area, ZoneKind};

@@ -23,7 +23,7 @@ use super::{EventQuery, FleetError, FleetResult, FleetStore, Geofence, StoredEve
 use crate::history::HistoryError;
 use crate::history::postgres::schema::{checksum, ignore_duplicate, lock_key, quote_ident};
 use crate::history::postgres::{
-    OwnedRuntime, PgError, PostgresConfig, build_pool, pg_err, tls_connector,
+    OwnedRuntime, PgError, PostgresConfig, build_pool, pg_err, tls_config,
 };
 use kickstand_domain::event::Event;
 use kickstand_domain::zone::{Area, ZoneKind};
@@ -96,7 +96,11 @@ impl PgFleetStore {
             .build()
             .map_err(err)?;
         let tls = match pg.get_ssl_mode() {
-            tokio_postgres::config::SslMode::Require => Some(tls_connector(cfg).map_err(err)?),
+            tokio_postgres::config::SslMode::Require => {
+                Some(tokio_postgres_rustls::MakeRustlsConnect::new(
+                    tls_config(cfg, "fleet.postgres").map_err(err)?,
+                ))
+            }
             _ => None,
         };
         let pool = build_pool(&pg, tls.as_ref(), cfg.pool_size).map_err(err)?;

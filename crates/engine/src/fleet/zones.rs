@@ -114,15 +114,15 @@ impl Zones {
     }
 
     /// Rebuilds the set when another process changed the geofences; asks the store at most
-    /// once a second.
+    /// once a second. A caller that comes while another one asks waits for the answer, so no
+    /// caller goes on with a set older than the last check (a worker that takes a shard over
+    /// after a long idle time would otherwise place its vehicles in the set of its start).
     pub fn refresh(&self) {
-        {
-            let mut checked = self.checked.lock();
-            if checked.elapsed() < Duration::from_secs(1) {
-                return;
-            }
-            *checked = Instant::now();
+        let mut checked = self.checked.lock();
+        if checked.elapsed() < Duration::from_secs(1) {
+            return;
         }
+        *checked = Instant::now();
         match self.store.geofences_version() {
             Ok(v) if v != self.current().version => {
                 if let Err(error) = self.reload() {

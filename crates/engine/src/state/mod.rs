@@ -192,6 +192,11 @@ pub trait StateStore: Send + Sync + 'static {
         out: &mut Vec<VehicleView>,
     ) -> StateResult<u64>;
     fn len(&self) -> StateResult<usize>;
+    /// Calls `visit` with every vehicle and its newest point, in no particular order. A
+    /// vehicle may be visited more than once (a shared store's scan may return an entry twice,
+    /// and starts over after a lost connection); each visit carries a point the vehicle held
+    /// during the scan. A worker that takes a shard over seeds its fleet watch from this.
+    fn for_each_vehicle(&self, visit: &mut dyn FnMut(VehicleId, Point)) -> StateResult<()>;
     fn is_empty(&self) -> StateResult<bool> {
         Ok(self.len()? == 0)
     }
@@ -247,6 +252,10 @@ impl StateStore for MemoryState {
     }
     fn len(&self) -> StateResult<usize> {
         Ok(MemoryState::len(self))
+    }
+    fn for_each_vehicle(&self, visit: &mut dyn FnMut(VehicleId, Point)) -> StateResult<()> {
+        MemoryState::for_each_vehicle(self, visit);
+        Ok(())
     }
 }
 
@@ -491,6 +500,19 @@ impl MemoryState {
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// Calls `visit` with every vehicle and its newest point. Each shard is copied under its
+    /// read lock and visited after it, so `visit` never holds up a writer.
+    pub fn for_each_vehicle(&self, visit: &mut dyn FnMut(VehicleId, Point)) {
+        let mut copy = Vec::new();
+        for shard in &self.shards {
+            copy.clear();
+            copy.extend(shard.read().slots.iter().map(|s| (s.id.clone(), s.point)));
+            for (id, point) in copy.drain(..) {
+                visit(id, point);
+            }
+        }
     }
 
     pub fn len(&self) -> usize {

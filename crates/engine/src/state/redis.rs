@@ -836,6 +836,33 @@ impl StateStore for RedisState {
             .run("len", |con| redis::cmd("HLEN").arg(&self.keys.v).query(con))
     }
 
+    fn for_each_vehicle(&self, visit: &mut dyn FnMut(VehicleId, Point)) -> StateResult<()> {
+        // HSCAN pages of about `PAGE` vehicles: Redis is never blocked for long, and the scan
+        // holds one page at a time. A retry on a new connection starts over (the port allows
+        // a vehicle to be visited twice).
+        self.pool.run("scan", |con| {
+            let mut cursor: u64 = 0;
+            loop {
+                let (next, flat): (u64, Vec<Vec<u8>>) = redis::cmd("HSCAN")
+                    .arg(&self.keys.v)
+                    .arg(cursor)
+                    .arg("COUNT")
+                    .arg(PAGE)
+                    .query(con)?;
+                let mut it = flat.into_iter();
+                while let (Some(id), Some(value)) = (it.next(), it.next()) {
+                    if let Some(v) = decode_point(&value).and_then(|p| view(&id, p)) {
+                        visit(v.vehicle_id, v.point);
+                    }
+                }
+                if next == 0 {
+                    return Ok(());
+                }
+                cursor = next;
+            }
+        })
+    }
+
     fn is_primed(&self) -> StateResult<bool> {
         self.pool.run("is_primed", |con| {
             redis::cmd("EXISTS").arg(&self.keys.primed).query(con)
@@ -1169,6 +1196,30 @@ mod tests {
         );
     }
 
+    /// Every vehicle is visited with its newest point, across more than one scan page.
+    fn every_vehicle_is_visited(s: &dyn StateStore) {
+        let fixes: Vec<Fix> = (0..2_500)
+            .map(|i| fix(&format!("v{i}"), 1_000, 1.0, f64::from(i) * 1e-4))
+            .collect();
+        s.apply(&fixes).unwrap();
+        s.apply(&[fix("v7", 2_000, 2.0, 2.0), fix("v8", 500, 3.0, 3.0)])
+            .unwrap();
+        let mut seen = std::collections::BTreeMap::new();
+        s.for_each_vehicle(&mut |id, p| {
+            seen.insert(id, p);
+        })
+        .unwrap();
+        assert_eq!(seen.len(), 2_500);
+        for f in &fixes {
+            let want = if f.vehicle_id.as_str() == "v7" {
+                fix("v7", 2_000, 2.0, 2.0).point
+            } else {
+                f.point
+            };
+            assert_eq!(seen[&f.vehicle_id], want, "{}", f.vehicle_id);
+        }
+    }
+
     macro_rules! on_both_stores {
         ($($name:ident),* $(,)?) => {
             mod memory {
@@ -1199,6 +1250,7 @@ mod tests {
         changes_are_coalesced_and_cut_to_the_box,
         filters_and_summary,
         the_poles_answer_too,
+        every_vehicle_is_visited,
     );
 
     /// A small deterministic generator (SplitMix64).

@@ -232,7 +232,7 @@ impl Proxy {
 
 /// One scale-out deployment of its own on the shared test servers: RabbitMQ queues under a
 /// unique prefix, Redis keys under a unique prefix (in database `redis_db`), a PostgreSQL schema
-/// of its own. `None` (after a printed notice) when a service is not configured.
+/// of its own (history, fleet store and webhook store). `None` (after a printed notice) when a service is not configured.
 pub struct Deployment {
     pub env: Vec<(String, String)>,
     pub rabbit: kickstand_engine::rabbitmq::RabbitConfig,
@@ -271,6 +271,10 @@ impl Deployment {
             ("KICKSTAND_HISTORY__KIND", "postgres".to_owned()),
             ("KICKSTAND_HISTORY__POSTGRES__URL", pg_url.clone()),
             ("KICKSTAND_HISTORY__POSTGRES__SCHEMA", name.clone()),
+            // Geofences, events and webhooks in the same schema (tables fleet_*, webhook_*).
+            ("KICKSTAND_FLEET__STORE", "postgres".to_owned()),
+            ("KICKSTAND_FLEET__POSTGRES__URL", pg_url.clone()),
+            ("KICKSTAND_FLEET__POSTGRES__SCHEMA", name.clone()),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_owned(), v))

@@ -298,6 +298,20 @@ impl PostgresHistory {
 pub(crate) fn tls_connector(
     config: &PostgresConfig,
 ) -> Result<tokio_postgres_rustls::MakeRustlsConnect, HistoryError> {
+    Ok(tokio_postgres_rustls::MakeRustlsConnect::new(tls_config(
+        config,
+        "history.postgres",
+    )?))
+}
+
+/// The rustls client configuration of a PostgreSQL client with these settings: rustls on ring
+/// (the one TLS stack of the binary), trusting the certificate authorities of `ca_file`, or the
+/// compiled-in Mozilla roots when it is unset. `section` names the settings in errors
+/// (`history.postgres`, `fleet.postgres`).
+pub fn tls_config(
+    config: &PostgresConfig,
+    section: &str,
+) -> Result<rustls::ClientConfig, HistoryError> {
     use rustls_pki_types::pem::PemObject;
     let mut roots = rustls::RootCertStore::empty();
     match &config.ca_file {
@@ -305,15 +319,12 @@ pub(crate) fn tls_connector(
             let certs = rustls_pki_types::CertificateDer::pem_file_iter(path)
                 .and_then(|it| it.collect::<Result<Vec<_>, _>>())
                 .map_err(|e| {
-                    HistoryError::Config(format!(
-                        "history.postgres.ca_file {}: {e}",
-                        path.display()
-                    ))
+                    HistoryError::Config(format!("{section}.ca_file {}: {e}", path.display()))
                 })?;
             let (added, _) = roots.add_parsable_certificates(certs);
             if added == 0 {
                 return Err(HistoryError::Config(format!(
-                    "history.postgres.ca_file {} holds no usable certificate",
+                    "{section}.ca_file {} holds no usable certificate",
                     path.display()
                 )));
             }
@@ -321,12 +332,26 @@ pub(crate) fn tls_connector(
         None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
     }
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let tls = rustls::ClientConfig::builder_with_provider(provider)
+    Ok(rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(|e| HistoryError::Config(format!("TLS: {e}")))?
         .with_root_certificates(roots)
-        .with_no_client_auth();
-    Ok(tokio_postgres_rustls::MakeRustlsConnect::new(tls))
+        .with_no_client_auth())
+}
+
+/// The TLS configuration that clients of `config.url` other than this crate's (the webhook
+/// store) take: [`tls_config`] when the URL says `sslmode=require`, as this crate's stores
+/// decide; `None` (plain connections) otherwise.
+pub fn tls_if_required(
+    config: &PostgresConfig,
+    section: &str,
+) -> Result<Option<Arc<rustls::ClientConfig>>, HistoryError> {
+    let pg = tokio_postgres::Config::from_str(&config.url)
+        .map_err(|e| HistoryError::Config(format!("{section}.url is not a valid URL: {e}")))?;
+    Ok(match pg.get_ssl_mode() {
+        tokio_postgres::config::SslMode::Require => Some(Arc::new(tls_config(config, section)?)),
+        _ => None,
+    })
 }
 
 /// The connection pool for queries: `size` connections at most (at least one), TLS when
