@@ -1,0 +1,1 @@
+//! Kickstand's gateway (issue 7; being built).

@@ -1,0 +1,1 @@
+//! Kickstand's messenger (issue 7; being built).

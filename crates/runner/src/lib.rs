@@ -1,0 +1,1 @@
+//! Kickstand's runner (issue 7; being built).

@@ -1,0 +1,1 @@
+//! Kickstand's scheduler (issue 7; being built).
