@@ -100,6 +100,8 @@ struct Loaded {
 pub struct KeyStore {
     path: PathBuf,
     loaded: RwLock<Loaded>,
+    /// Keys that live only in this process's memory (see [`KeyStore::create_internal`]).
+    internal: RwLock<HashMap<String, KeyRecord>>,
 }
 
 fn hash(token: &str) -> String {
@@ -138,6 +140,7 @@ impl KeyStore {
                 mtime: None,
                 checked: Instant::now(),
             }),
+            internal: RwLock::new(HashMap::new()),
         };
         store.reload()?;
         Ok(store)
@@ -210,6 +213,29 @@ impl KeyStore {
         Ok((record, token))
     }
 
+    /// Creates a key that exists only in this process's memory and dies with it: what the
+    /// process's own services use to call its API (the scheduler of `kickstand run` calling the
+    /// messenger and the script runner over HTTP). Never written to the key file, never listed.
+    pub fn create_internal(
+        &self,
+        name: &str,
+        scopes: &[Scope],
+    ) -> Result<(KeyRecord, String), KeyError> {
+        let token = format!("ks_{}", random_hex(32)?);
+        let record = KeyRecord {
+            id: format!("internal-{}", random_hex(4)?),
+            name: name.to_owned(),
+            scopes: scopes.to_vec(),
+            hash: hash(&token),
+            created_at: now_rfc3339(),
+            revoked_at: None,
+        };
+        self.internal
+            .write()
+            .insert(record.hash.clone(), record.clone());
+        Ok((record, token))
+    }
+
     pub fn list(&self) -> Result<Vec<KeyRecord>, KeyError> {
         Ok(self.read_file()?.0.keys)
     }
@@ -243,7 +269,11 @@ impl KeyStore {
             }
             self.loaded.write().checked = Instant::now();
         }
-        self.loaded.read().by_hash.get(&hash(token)).cloned()
+        let h = hash(token);
+        if let Some(k) = self.internal.read().get(&h) {
+            return Some(k.clone());
+        }
+        self.loaded.read().by_hash.get(&h).cloned()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -291,9 +321,12 @@ fn token_of(req: &Request, query_token: bool) -> Option<String> {
     None
 }
 
-/// The middleware of a route group.
-pub async fn require(State(guard): State<Guard>, req: Request, next: Next) -> Response {
+/// The middleware of a route group. A request it lets through carries its caller
+/// ([`kickstand_service::Caller`]) in its extensions, for finer scopes and audit records.
+pub async fn require(State(guard): State<Guard>, mut req: Request, next: Next) -> Response {
     let Some(keys) = &guard.keys else {
+        req.extensions_mut()
+            .insert(kickstand_service::Caller::anonymous());
         return next.run(req).await;
     };
     let Some(token) = token_of(&req, guard.query_token) else {
@@ -312,7 +345,14 @@ pub async fn require(State(guard): State<Guard>, req: Request, next: Next) -> Re
             ),
         )
         .into_response(),
-        Some(_) => next.run(req).await,
+        Some(k) => {
+            req.extensions_mut().insert(kickstand_service::Caller {
+                key_id: Some(k.id),
+                name: k.name,
+                scopes: k.scopes.iter().map(|s| s.as_str().to_owned()).collect(),
+            });
+            next.run(req).await
+        }
     }
 }
 

@@ -17,6 +17,7 @@ pub mod openapi;
 pub mod osmand;
 pub mod problem;
 pub mod stream;
+pub mod tasks;
 
 use axum::Router;
 use axum::body::{Body, Bytes};
@@ -182,8 +183,14 @@ fn routes(keys: Option<Arc<auth::KeyStore>>) -> OpenApiRouter<AppState> {
         Scope::Ingest,
         &keys,
     );
+    let admin_routes = guarded(
+        OpenApiRouter::new().routes(routes!(tasks::drop_before)),
+        Scope::Admin,
+        &keys,
+    );
     let operate_routes = guarded(
         OpenApiRouter::new()
+            .routes(routes!(tasks::run_task))
             .routes(routes!(geofences::create))
             .routes(routes!(geofences::replace, geofences::delete)),
         Scope::Operate,
@@ -219,7 +226,8 @@ fn routes(keys: Option<Arc<auth::KeyStore>>) -> OpenApiRouter<AppState> {
             .routes(routes!(metrics_text))
             .routes(routes!(geofences::list))
             .routes(routes!(geofences::get))
-            .routes(routes!(events::list)),
+            .routes(routes!(events::list))
+            .routes(routes!(tasks::export)),
         Scope::Read,
         &keys,
     );
@@ -232,6 +240,7 @@ fn routes(keys: Option<Arc<auth::KeyStore>>) -> OpenApiRouter<AppState> {
         .routes(routes!(feeds::gbfs_file));
     OpenApiRouter::with_openapi(<openapi::ApiDoc as utoipa::OpenApi>::openapi())
         .merge(ingest_routes)
+        .merge(admin_routes)
         .merge(operate_routes)
         .merge(webhook_routes)
         .merge(mds_routes)

@@ -53,7 +53,8 @@ pub const BEARER: &str = "bearer";
         (name = "vehicles", description = "The latest state and history of vehicles."),
         (name = "fleet", description = "The fleet as a whole."),
         (name = "live", description = "The live stream and the map page."),
-        (name = "operations", description = "Health, readiness, metrics and this description."),
+        (name = "operations", description = "Health, readiness, metrics, built-in tasks and this description."),
+        (name = "history", description = "The stored history as a whole: export and housekeeping."),
     )
 )]
 pub struct ApiDoc;
