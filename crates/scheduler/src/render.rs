@@ -122,6 +122,13 @@ pub fn render(value: &Json, ev: &StoredEvent) -> Json {
                 match field(ev, inner.trim_start_matches("event.")) {
                     Json::Null => {}
                     Json::String(t) => out.push_str(&t),
+                    // 15.0 reads as 15 in a sentence.
+                    Json::Number(n)
+                        if n.as_f64()
+                            .is_some_and(|f| f.fract() == 0.0 && f.abs() < 1e15) =>
+                    {
+                        out.push_str(&(n.as_f64().unwrap_or_default() as i64).to_string())
+                    }
                     other => out.push_str(&other.to_string()),
                 }
                 at = end;
