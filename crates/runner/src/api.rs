@@ -422,11 +422,16 @@ async fn start_run(
     };
     let req: StartRun = if body.iter().all(u8::is_ascii_whitespace) {
         StartRun::default()
+    } else if body.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        return Err(Problem::invalid(
+            "body",
+            "the body must be a JSON object: {\"args\": {…}}",
+        ));
     } else {
         let de = &mut serde_json::Deserializer::from_slice(&body);
         serde_path_to_error::deserialize(de).map_err(|e| {
             let path = e.path().to_string();
-            let field = if path == "." {
+            let field = if path == "." || path == "?" {
                 "body".to_string()
             } else {
                 path
