@@ -200,8 +200,9 @@ pub struct TargetGroupConfig {
     #[serde(default)]
     pub targets: Vec<String>,
     /// Milliseconds a target has to answer with its response headers before the client gets
-    /// 504 (ALB's idle timeout, 60 s by default). A response that is streaming (for example
-    /// server-sent events) is not cut by this timeout.
+    /// 504 (ALB's idle timeout, 60 s by default). Also the longest silence allowed inside a
+    /// response body: a target that stops sending for longer has its response cut. A stream
+    /// that keeps sending (server-sent events) lasts as long as it likes.
     #[serde(default = "default_request_timeout_ms")]
     pub request_timeout_ms: u64,
     /// The active health check of every target of the group.

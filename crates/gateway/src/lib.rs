@@ -12,6 +12,7 @@
 //! - `health`: one active health checker task per target group.
 //! - `proxy`: one request: forward (streamed, with `X-Forwarded-*`), redirect or fixed
 //!   response; target failures as 502/503/504 problem+json.
+//! - `idle`: the idle timeout of a response body that is being streamed.
 //! - `server`: [`Gateway`]: `start(config)`, `serve(listener, shutdown)`, `shutdown()`.
 //! - [`metrics`]: the metric names.
 //!
@@ -21,6 +22,7 @@
 pub mod config;
 mod error;
 mod health;
+mod idle;
 pub mod metrics;
 pub mod pattern;
 mod proxy;

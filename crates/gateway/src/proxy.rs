@@ -2,6 +2,7 @@
 //! are streamed both ways, never collected. Every failure of a target becomes a problem+json
 //! answer (502, 503 or 504); nothing here can panic on what a client or a target sends.
 
+use crate::idle::IdleTimeout;
 use crate::metrics;
 use crate::rules::{Action, Forward, RequestParts, RequestView, Routes};
 use axum::body::Body;
@@ -173,6 +174,7 @@ async fn forward(
         Ok(Ok(resp)) => {
             let (mut parts, body) = resp.into_parts();
             strip_hop_by_hop(&mut parts.headers);
+            let body = IdleTimeout::new(body, group.request_timeout);
             Response::from_parts(parts, Body::new(body))
         }
         Ok(Err(error)) => {

@@ -765,3 +765,131 @@ async fn the_documented_example_config_parses_and_starts() {
     let gateway = Gateway::start(parse("[gateway]\n").unwrap()).await.unwrap();
     gateway.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_target_that_stalls_inside_a_body_is_cut_after_the_timeout() {
+    let backend = Backend::start("b").await;
+    let config = format!(
+        "[gateway]\ndefault_action.forward.target_group = \"g\"\n\
+         [[gateway.target_groups]]\nname = \"g\"\ntargets = [\"{}\"]\nrequest_timeout_ms = 300\nhealth_check.enabled = false\n",
+        backend.addr
+    );
+    let gw = gateway(&config).await;
+    let (events, rx) = tokio::sync::mpsc::channel(4);
+    *backend.state.sse.lock().await = Some(rx);
+    let mut resp = client().get(gw.url("/sse")).send().await.unwrap();
+    // Events closer together than the timeout keep the stream alive.
+    for i in 0..4 {
+        events
+            .send(Ok(Bytes::from(format!("data: {i}\n\n"))))
+            .await
+            .unwrap();
+        let chunk = resp.chunk().await.unwrap().unwrap();
+        assert_eq!(chunk, format!("data: {i}\n\n").as_bytes());
+        tokio::time::sleep(Duration::from_millis(150)).await;
+    }
+    // Then the target goes silent with the stream still open.
+    let started = Instant::now();
+    let end = tokio::time::timeout(Duration::from_secs(5), resp.chunk())
+        .await
+        .expect("the gateway cut the silent stream");
+    assert!(end.is_err(), "a cut stream must not look complete: {end:?}");
+    assert!(started.elapsed() < Duration::from_secs(3));
+    drop(events);
+    gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_lets_requests_in_flight_finish_and_drains_streams_in_time() {
+    let backend = Backend::start("b").await;
+    let config = format!(
+        "[gateway]\ndrain_timeout_ms = 300\ndefault_action.forward.target_group = \"g\"\n{}",
+        group("g", &[&backend])
+    );
+    let mut gw = gateway(&config).await;
+    let c = client();
+
+    // An upload in progress when shutdown begins completes.
+    let (first_tx, first_rx) = tokio::sync::oneshot::channel();
+    *backend.state.first_chunk.lock().await = Some(first_tx);
+    let (chunks, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(1);
+    let upload = tokio::spawn(
+        c.post(gw.url("/upload"))
+            .body(reqwest::Body::wrap_stream(
+                tokio_stream::wrappers::ReceiverStream::new(rx),
+            ))
+            .send(),
+    );
+    chunks.send(Ok(Bytes::from_static(b"abc"))).await.unwrap();
+    first_rx.await.unwrap();
+    gw.signal_stop();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    chunks.send(Ok(Bytes::from_static(b"def"))).await.unwrap();
+    drop(chunks);
+    let resp = upload.await.unwrap().unwrap();
+    assert_eq!(resp.text().await.unwrap(), "6");
+
+    // No new connection is accepted after shutdown began.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(c.get(gw.url("/late")).send().await.is_err());
+    gw.stop().await;
+
+    // A stream that never ends holds the shutdown only for the drain timeout.
+    let mut gw = gateway(&config).await;
+    let (events, rx) = tokio::sync::mpsc::channel(4);
+    *backend.state.sse.lock().await = Some(rx);
+    let mut resp = c.get(gw.url("/sse")).send().await.unwrap();
+    events
+        .send(Ok(Bytes::from_static(b"data: x\n\n")))
+        .await
+        .unwrap();
+    resp.chunk().await.unwrap().unwrap();
+    let started = Instant::now();
+    gw.signal_stop();
+    gw.stop().await;
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "shutdown took {:?}",
+        started.elapsed()
+    );
+    drop(events);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_count_requests_by_rule_and_status_and_show_target_health() {
+    let handle = metrics_exporter_prometheus::PrometheusBuilder::new()
+        .install_recorder()
+        .expect("the only recorder of this test binary");
+    let (a, b) = (Backend::start("a").await, Backend::start("b").await);
+    let config = format!(
+        "[gateway]\ndefault_action.forward.target_group = \"g\"\n{}{}",
+        fixed_rule(4242, "path = [\"/metrics-test\"]", "m"),
+        health_group("g", &[&a, &b])
+    );
+    let gw = gateway(&config).await;
+    for _ in 0..3 {
+        text(&gw.url("/metrics-test")).await;
+    }
+    b.set_health(500);
+    eventually(10, "b out of service", || !healthy(&gw.gateway, &b)).await;
+    let rendered = handle.render();
+    assert!(
+        rendered.contains("kickstand_gateway_requests_total{rule=\"4242\",status=\"200\"} 3"),
+        "{rendered}"
+    );
+    assert!(
+        rendered.contains(&format!(
+            "kickstand_gateway_target_healthy{{group=\"g\",target=\"{}\"}} 0",
+            b.addr
+        )),
+        "{rendered}"
+    );
+    assert!(
+        rendered.contains(&format!(
+            "kickstand_gateway_target_healthy{{group=\"g\",target=\"{}\"}} 1",
+            a.addr
+        )),
+        "{rendered}"
+    );
+    gw.stop().await;
+}

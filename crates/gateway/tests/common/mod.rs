@@ -164,10 +164,15 @@ impl Running {
         format!("http://{}{}", self.addr, path)
     }
 
-    pub async fn stop(mut self) {
+    /// Completes the shutdown future given to `serve` (without waiting for it to return).
+    pub fn signal_stop(&mut self) {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
+    }
+
+    pub async fn stop(mut self) {
+        self.signal_stop();
         if let Some(served) = self.served.take() {
             tokio::time::timeout(Duration::from_secs(10), served)
                 .await
