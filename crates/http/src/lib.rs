@@ -250,11 +250,11 @@ fn routes(keys: Option<Arc<auth::KeyStore>>) -> OpenApiRouter<AppState> {
 
 /// Puts a route group behind `scope`: the auth layer for its routes, and the same requirement
 /// (bearer key, scope, 401/403) in the document for its operations.
-fn guarded(
-    mut group: OpenApiRouter<AppState>,
+fn guarded<S: Clone + Send + Sync + 'static>(
+    mut group: OpenApiRouter<S>,
     scope: auth::Scope,
     keys: &Option<Arc<auth::KeyStore>>,
-) -> OpenApiRouter<AppState> {
+) -> OpenApiRouter<S> {
     openapi::require_scope(group.get_openapi_mut(), scope);
     let guard = auth::Guard {
         keys: keys.clone(),
@@ -271,6 +271,51 @@ pub fn router(state: AppState) -> Router<()> {
     api.fallback(|| async { Problem::not_found("no such route") })
         .layer(axum::Extension(present))
         .with_state(state)
+}
+
+/// [`router`] plus the routes of the operations services of this process (the messenger, the
+/// script runner, the scheduler: each group with its own state), behind the `operate` scope. A
+/// service checks finer scopes itself from the [`kickstand_service::Caller`] the guard hands on.
+pub fn router_with(state: AppState, ops: Vec<OpenApiRouter>) -> Router<()> {
+    let keys = state.keys.clone();
+    let mut app = router(state);
+    for group in ops {
+        let (routes, _doc) = guarded(group, auth::Scope::Operate, &keys).split_for_parts();
+        app = app.merge(routes);
+    }
+    app
+}
+
+/// The HTTP side of a process that runs only operations services (`kickstand serve --role
+/// messenger,runner,scheduler` with no tracking role): `/healthz`, `/readyz`, `/metrics` (scope
+/// `read`) and the services' routes behind the `operate` scope.
+pub fn operations_router(
+    keys: Option<Arc<auth::KeyStore>>,
+    metrics: Option<PrometheusHandle>,
+    ops: Vec<OpenApiRouter>,
+) -> Router<()> {
+    let render = move || {
+        let text = metrics.as_ref().map(|h| h.render()).unwrap_or_default();
+        async move {
+            (
+                StatusCode::OK,
+                [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+                text,
+            )
+        }
+    };
+    let metrics_route: OpenApiRouter =
+        OpenApiRouter::new().route("/metrics", axum::routing::get(render));
+    let (metrics_route, _) = guarded(metrics_route, auth::Scope::Read, &keys).split_for_parts();
+    let mut app = Router::new()
+        .route("/healthz", axum::routing::get(healthz))
+        .route("/readyz", axum::routing::get(healthz))
+        .merge(metrics_route);
+    for group in ops {
+        let (routes, _doc) = guarded(group, auth::Scope::Operate, &keys).split_for_parts();
+        app = app.merge(routes);
+    }
+    app.fallback(|| async { Problem::not_found("no such route") })
 }
 
 fn now_ms() -> i64 {

@@ -14,6 +14,8 @@ mod export;
 mod history_cmd;
 mod keys;
 mod mqtt;
+mod ops;
+mod ops_cli;
 mod serve;
 mod server;
 mod settings;
@@ -44,8 +46,9 @@ struct Cli {
 enum Command {
     /// Run the whole service in one process on embedded defaults.
     Run(RunArgs),
-    /// Run some roles (ingest, worker, api) as one process of a scale-out deployment on
-    /// RabbitMQ, Redis and PostgreSQL (see docs/scale-out.md).
+    /// Run some roles (ingest, worker, api; messenger, runner, scheduler, gateway) as one
+    /// process of a scale-out deployment on RabbitMQ, Redis and PostgreSQL (see
+    /// docs/scale-out.md and docs/operations.md).
     Serve(ServeArgs),
     /// Export history as NDJSON or GeoJSON (the server must not be running on the directory).
     Export(export::ExportArgs),
@@ -57,6 +60,8 @@ enum Command {
     Sim(simulate::SimArgs),
     /// Manage API keys: create, list, revoke.
     Key(keys::KeyArgs),
+    /// Operations over the HTTP API: send messages, run scripts, manage scheduled jobs.
+    Ops(ops_cli::OpsArgs),
 }
 
 #[derive(clap::Args)]
@@ -83,7 +88,8 @@ struct RunArgs {
 
 #[derive(clap::Args)]
 struct ServeArgs {
-    /// The roles of this process, comma-separated: ingest, worker, api.
+    /// The roles of this process, comma-separated: ingest, worker, api (tracking); messenger,
+    /// runner, scheduler, gateway (operations).
     #[arg(long, value_delimiter = ',', required = true)]
     role: Vec<serve::Role>,
     /// Address to listen on (health, metrics, the API) [default: 127.0.0.1:8080].
@@ -151,6 +157,7 @@ fn main() -> anyhow::Result<()> {
         Command::Bench(args) => bench::run(args),
         Command::History(args) => history_cmd::run(args),
         Command::Key(args) => keys::run(args),
+        Command::Ops(args) => ops_cli::run(args),
         Command::Sim(args) => {
             server::init_tracing(&settings::LogSettings {
                 level: std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),

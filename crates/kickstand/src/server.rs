@@ -13,7 +13,7 @@ use kickstand_engine::watcher::FleetWatch;
 use kickstand_http::auth::{KeyStore, Scope};
 use kickstand_http::events::StoreFeed;
 use kickstand_http::feeds::FeedSettings;
-use kickstand_http::{AppState, router};
+use kickstand_http::{AppState, router_with};
 use kickstand_webhooks::{
     Dispatcher, EventFeed, PgWebhookStore, Sender, SqliteWebhookStore, WebhookService, WebhookStore,
 };
@@ -67,7 +67,7 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let engine = state.engine.clone();
-    serve_http(listener, state, shutdown).await?;
+    serve_http(listener, state, Vec::new(), shutdown).await?;
     tracing::info!(message = "HTTP server stopped; draining the pipeline");
     tokio::task::spawn_blocking(move || engine.shutdown()).await?;
     Ok(())
@@ -75,13 +75,15 @@ pub async fn serve(
 
 /// Serves the API on `listener` until `shutdown` resolves and the requests in flight are
 /// answered; leaves the engine running.
+/// `ops` are the routes of the operations services of the process (see [`crate::ops`]).
 pub async fn serve_http(
     listener: TcpListener,
     state: AppState,
+    ops: Vec<utoipa_axum::router::OpenApiRouter>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let closing = state.closing.clone();
-    let app = router(state);
+    let app = router_with(state, ops);
     axum::serve(listener, app)
         .with_graceful_shutdown(async move {
             shutdown.await;
@@ -380,11 +382,25 @@ pub fn run_blocking(mut settings: Settings, options: RunOptions) -> anyhow::Resu
         }
         let osmand = app_state(engine.clone(), &settings, keys.clone(), None);
         start_osmand_port(&settings, osmand, stopped.clone()).await?;
+        // The operations services, on the process's own address and an in-memory key.
+        let access = crate::ops::own_access(addr, &keys)?;
+        let db = crate::ops::open_db(&settings).await?;
+        let ops = crate::ops::OpsServices::start(
+            &settings,
+            crate::ops::Which { messenger: true, runner: true, scheduler: true },
+            db,
+            Some(fleet.store.clone()),
+            Some(&access),
+        )
+        .await?;
         // Unacked MQTT messages at shutdown are sent again by the broker on the next start.
-        let state = app_state(engine, &settings, keys, Some(webhooks));
-        let result = serve(listener, state, shutdown_signal()).await;
+        let state = app_state(engine.clone(), &settings, keys, Some(webhooks));
+        let result = serve_http(listener, state, ops.routes(), shutdown_signal()).await;
+        ops.shutdown().await;
         let _ = stop_mqtt.send(true);
         dispatcher_stopped(dispatcher).await;
+        tracing::info!(message = "HTTP server stopped; draining the pipeline");
+        tokio::task::spawn_blocking(move || engine.shutdown()).await?;
         result
     })
 }

@@ -52,6 +52,17 @@ pub struct Settings {
     /// Where geofences, fleet events and webhook subscriptions are kept (`kickstand serve`:
     /// PostgreSQL, shared by every process).
     pub fleet: FleetConfig,
+    /// Where the operations services keep their records (`kickstand serve`: PostgreSQL).
+    pub ops: crate::ops::OpsSettings,
+    /// The messenger (`/api/v1/messages`, `/api/v1/templates`): channels, retries, rate limits.
+    pub messenger: kickstand_messenger::MessengerConfig,
+    /// The script runner (`/api/v1/scripts`): the scripts directory, limits, scripts' variables.
+    pub runner: kickstand_runner::RunnerConfig,
+    /// The scheduler and rules (`/api/v1/jobs`, `/api/v1/rules`).
+    #[serde(skip_serializing)]
+    pub scheduler: kickstand_scheduler::SchedulerConfig,
+    /// The gateway of `kickstand serve --role gateway`: listener rules and target groups.
+    pub gateway: kickstand_gateway::GatewayConfig,
 }
 
 #[derive(Clone, Debug, Default, Deserialize, Serialize)]
@@ -116,6 +127,11 @@ impl Default for Settings {
             mds: MdsConfig::default(),
             webhooks: WebhookConfig::default(),
             fleet: FleetConfig::default(),
+            ops: crate::ops::OpsSettings::default(),
+            messenger: kickstand_messenger::MessengerConfig::default(),
+            runner: kickstand_runner::RunnerConfig::default(),
+            scheduler: kickstand_scheduler::SchedulerConfig::default(),
+            gateway: kickstand_gateway::GatewayConfig::default(),
         }
     }
 }

@@ -37,6 +37,19 @@ impl Server {
         Server::start_args(data, &[], &[])
     }
 
+    /// [`Server::start_secure`] with extra environment; returns the server and the admin key
+    /// it printed (a new data directory).
+    pub fn start_secure_with(data: &Path, env: &[(&str, &str)]) -> (Server, String) {
+        let (server, line) = Server::start_args(data, &[], env);
+        let token = line
+            .split("?token=")
+            .nth(1)
+            .and_then(|s| s.split_whitespace().next())
+            .unwrap_or_else(|| panic!("no admin key in {line:?}"))
+            .to_owned();
+        (server, token)
+    }
+
     fn start_args(data: &Path, args: &[&str], env: &[(&str, &str)]) -> (Server, String) {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_kickstand"));
         cmd.args(["run", "--listen", "127.0.0.1:0", "--data"])
