@@ -18,6 +18,10 @@ pub struct GatewayConfig {
     /// Milliseconds the gateway waits at shutdown for the requests in flight (a streaming
     /// response may never end) before it closes their connections.
     pub drain_timeout_ms: u64,
+    /// Milliseconds a client has to send the headers of a request, counted from when the
+    /// connection opens or, on a keep-alive connection, from when it waits for the next request.
+    /// A slow or idle client is disconnected after it, so it cannot hold a connection slot.
+    pub client_header_timeout_ms: u64,
     /// The listener rules. Each has a unique `priority`; the rule with the lowest number whose
     /// conditions all match handles the request.
     pub rules: Vec<RuleConfig>,
@@ -34,6 +38,7 @@ impl Default for GatewayConfig {
             listen: SocketAddr::from(([0, 0, 0, 0], 8080)),
             max_connections: 10_000,
             drain_timeout_ms: 30_000,
+            client_header_timeout_ms: 30_000,
             rules: Vec::new(),
             default_action: None,
             target_groups: Vec::new(),

@@ -21,10 +21,6 @@ use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinHandle;
 
-/// How long a connection has to send a request's headers (slow clients do not hold a
-/// connection slot forever).
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
-
 /// How long idle connections to targets stay in the pool.
 const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -44,6 +40,8 @@ pub struct Gateway {
     /// Connections served at once; acquired before `accept`, so a full gateway stops
     /// accepting instead of growing.
     connections: Arc<Semaphore>,
+    /// How long a client has to send a request's headers, idle keep-alive time included.
+    header_timeout: Duration,
     /// How long `serve` waits at shutdown for requests in flight (a streaming response can
     /// last forever) before it drops them.
     drain_timeout: Duration,
@@ -71,6 +69,12 @@ impl Gateway {
         if config.max_connections == 0 {
             return Err(GatewayError::config(
                 "gateway.max_connections",
+                "must be above 0",
+            ));
+        }
+        if config.client_header_timeout_ms == 0 {
+            return Err(GatewayError::config(
+                "gateway.client_header_timeout_ms",
                 "must be above 0",
             ));
         }
@@ -119,6 +123,7 @@ impl Gateway {
             groups,
             client,
             connections: Arc::new(Semaphore::new(config.max_connections)),
+            header_timeout: Duration::from_millis(config.client_header_timeout_ms),
             drain_timeout: Duration::from_millis(config.drain_timeout_ms),
             stop,
             checkers: Mutex::new(checkers),
@@ -132,7 +137,7 @@ impl Gateway {
         let graceful = hyper_util::server::graceful::GracefulShutdown::new();
         let mut http = hyper::server::conn::http1::Builder::new();
         http.timer(TokioTimer::new())
-            .header_read_timeout(HEADER_READ_TIMEOUT);
+            .header_read_timeout(self.header_timeout);
         // The connection tasks, so the ones still open after the drain timeout can be ended.
         let mut conns = tokio::task::JoinSet::new();
         tokio::pin!(shutdown);

@@ -893,3 +893,36 @@ async fn metrics_count_requests_by_rule_and_status_and_show_target_health() {
     );
     gw.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_and_idle_clients_are_disconnected() {
+    let gw = gateway(
+        "[gateway]\nclient_header_timeout_ms = 200\ndefault_action.fixed_response = { body = \"ok\" }\n",
+    )
+    .await;
+    let read_to_end = |mut s: tokio::net::TcpStream| async move {
+        let mut all = Vec::new();
+        let r = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut all)).await;
+        (r.is_ok(), all)
+    };
+    // A client that sends half a request line and stops.
+    let mut slow = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    slow.write_all(b"GET / HT").await.unwrap();
+    let (closed, _) = read_to_end(slow).await;
+    assert!(closed, "a slow client kept its connection");
+    // A keep-alive client that goes quiet after one request.
+    let mut idle = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    idle.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let (closed, answer) = read_to_end(idle).await;
+    assert!(closed, "an idle client kept its connection");
+    assert!(
+        answer.starts_with(b"HTTP/1.1 200"),
+        "{:?}",
+        String::from_utf8_lossy(&answer)
+    );
+    assert!(started.elapsed() < Duration::from_secs(3));
+    gw.stop().await;
+}
