@@ -100,7 +100,18 @@ pub async fn run(
         .stderr(Stdio::piped())
         .process_group(0)
         .kill_on_drop(true);
-    let mut child = cmd.spawn()?;
+    // ETXTBSY: another thread of this process forked while holding the script open for
+    // writing (a deploy just wrote it); the fork's copy closes at its exec, so retry briefly.
+    let mut attempt = 0;
+    let mut child = loop {
+        match cmd.spawn() {
+            Err(e) if e.raw_os_error() == Some(libc::ETXTBSY) && attempt < 5 => {
+                attempt += 1;
+                tokio::time::sleep(Duration::from_millis(20 * attempt)).await;
+            }
+            other => break other?,
+        }
+    };
     let pid = child.id().unwrap_or(0);
     let guard = GroupGuard(pid as i32);
     started(pid);

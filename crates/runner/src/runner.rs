@@ -48,6 +48,11 @@ pub struct Runner {
     stopping: CancellationToken,
     /// The run tasks and background tasks, awaited by `shutdown`.
     tasks: TaskTracker,
+    /// Held from the key lookup to the insert of a start with an idempotency key, so two
+    /// requests with one key in this process cannot both miss the key and race for the
+    /// concurrency slot (the loser would get 429 instead of the run). Across processes the
+    /// unique key in the store decides.
+    keyed_starts: tokio::sync::Mutex<()>,
 }
 
 /// A run of this process.
@@ -134,6 +139,7 @@ impl Runner {
             work_root,
             stopping: CancellationToken::new(),
             tasks: TaskTracker::new(),
+            keyed_starts: tokio::sync::Mutex::new(()),
         });
         runner.tasks.spawn(heartbeat_loop(
             Arc::downgrade(&runner),
@@ -251,6 +257,10 @@ impl Runner {
             });
         }
         let bound = script.bind(args)?;
+        let _keyed = match idempotency_key {
+            Some(_) => Some(self.keyed_starts.lock().await),
+            None => None,
+        };
         loop {
             if let Some(key) = idempotency_key
                 && let Some(found) = self.replay(key, &script, &bound).await?

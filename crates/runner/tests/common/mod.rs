@@ -50,10 +50,12 @@ pub async fn open_store(store: Store, dir: &Path) -> Option<(Db, Option<String>)
         Store::Sqlite => Some((Db::open_sqlite(&dir.join("ops.db")).unwrap(), None)),
         Store::Postgres => {
             let url = postgres_url()?;
+            static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
             let schema = format!(
-                "runner_test_{}_{}",
+                "runner_test_{}_{}_{}",
                 std::process::id(),
-                kickstand_service::now_ms()
+                kickstand_service::now_ms(),
+                NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
             );
             Some((
                 Db::open_postgres(&url, &schema, None).await.unwrap(),
