@@ -461,7 +461,7 @@ fn health_group(name: &str, targets: &[&Backend]) -> String {
     let list: Vec<String> = targets.iter().map(|b| format!("\"{}\"", b.addr)).collect();
     format!(
         "[[gateway.target_groups]]\nname = \"{name}\"\ntargets = [{}]\n\
-         health_check = {{ path = \"/healthz\", interval_ms = 50, timeout_ms = 40, healthy_threshold = 3, unhealthy_threshold = 2, success_codes = \"200-204\" }}\n",
+         health_check = {{ path = \"/healthz\", interval_ms = 100, timeout_ms = 90, healthy_threshold = 3, unhealthy_threshold = 2, success_codes = \"200-204\" }}\n",
         list.join(", ")
     )
 }
@@ -540,7 +540,7 @@ async fn a_stopped_target_is_taken_out_by_its_health_checks() {
     let config = format!(
         "[gateway]\ndefault_action.forward.target_group = \"g\"\n\
          [[gateway.target_groups]]\nname = \"g\"\ntargets = [\"{}\", \"{dead_addr}\"]\n\
-         health_check = {{ path = \"/healthz\", interval_ms = 50, timeout_ms = 40 }}\n",
+         health_check = {{ path = \"/healthz\", interval_ms = 100, timeout_ms = 90 }}\n",
         a.addr
     );
     let gw = gateway(&config).await;
