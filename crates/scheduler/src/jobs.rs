@@ -54,7 +54,7 @@ pub async fn tick_loop(s: Arc<Scheduler>, mut stop: tokio::sync::watch::Receiver
         if !s.leadership.is_leader() {
             continue;
         }
-        if let Err(error) = tick_pass(&s).await {
+        if let Err(error) = tick_pass(&s, &stop).await {
             tracing::warn!(message = "scheduler tick failed; retried at the next tick", %error);
         }
         let now = now_ms();
@@ -68,8 +68,14 @@ pub async fn tick_loop(s: Arc<Scheduler>, mut stop: tokio::sync::watch::Receiver
 }
 
 /// One pass over the due jobs.
-pub async fn tick_pass(s: &Arc<Scheduler>) -> Result<(), kickstand_service::DbError> {
+pub async fn tick_pass(
+    s: &Arc<Scheduler>,
+    stop: &tokio::sync::watch::Receiver<bool>,
+) -> Result<(), kickstand_service::DbError> {
     loop {
+        if *stop.borrow() {
+            return Ok(());
+        }
         let now = now_ms();
         let due = s.store.due_jobs(now, DUE_PAGE).await?;
         if due.is_empty() {
@@ -77,7 +83,11 @@ pub async fn tick_pass(s: &Arc<Scheduler>) -> Result<(), kickstand_service::DbEr
         }
         let full = due.len() == DUE_PAGE;
         // The runs still going, to apply the overlap policies.
-        let live = live_runs(s, now).await?;
+        let live = if due.iter().any(|j| j.overlap != Overlap::Allow) {
+            live_runs(s, now).await?
+        } else {
+            HashMap::new()
+        };
         let grace = s.config.missed_grace.as_millis() as i64;
         let mut decisions = Vec::with_capacity(due.len());
         for job in due {

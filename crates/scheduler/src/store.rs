@@ -374,6 +374,18 @@ impl Store {
             .map(drop)
     }
 
+    /// Inserts many jobs in one transaction (bulk loads, the benchmark).
+    pub async fn insert_jobs(&self, jobs: &[Job]) -> Result<(), DbError> {
+        let sql = format!(
+            "INSERT INTO scheduler_jobs ({JOB_COLUMNS}, action_kind) VALUES \
+             ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)"
+        );
+        self.db
+            .batch(jobs.iter().map(|j| (sql.clone(), j.values())).collect())
+            .await
+            .map(drop)
+    }
+
     /// Replaces every field of a stored job; `false` when there is none.
     pub async fn update_job(&self, job: &Job) -> Result<bool, DbError> {
         let n = self
