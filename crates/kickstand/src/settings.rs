@@ -264,6 +264,17 @@ mod tests {
             assert_eq!(s.fleet.postgres.schema, d.fleet.postgres.schema);
             assert_eq!(s.fleet.postgres.pool_size, d.fleet.postgres.pool_size);
             assert_eq!(s.fleet.postgres.ca_file, d.fleet.postgres.ca_file);
+            assert_eq!(s.ops.store, d.ops.store);
+            assert_eq!(s.ops.postgres_schema, d.ops.postgres_schema);
+            assert_eq!(s.messenger, d.messenger);
+            assert_eq!(
+                serde_json::to_value(&s.runner).unwrap(),
+                serde_json::to_value(&d.runner).unwrap()
+            );
+            assert_eq!(s.scheduler.lease_ttl, d.scheduler.lease_ttl);
+            assert_eq!(s.scheduler.tick_resolution, d.scheduler.tick_resolution);
+            assert_eq!(s.scheduler.api_url, d.scheduler.api_url);
+            assert_eq!(s.gateway, d.gateway);
         });
     }
 
