@@ -608,3 +608,30 @@ async fn rules_on_sqlite() {
 async fn rules_on_postgres() {
     rule_contract(Store::Postgres).await;
 }
+
+#[tokio::test]
+async fn openapi_document_lists_every_route() {
+    let dir = tempfile::tempdir().unwrap();
+    let (db, _) = open(Store::Sqlite, dir.path()).await.unwrap();
+    let s = Scheduler::start(config("http://127.0.0.1:9"), db, None)
+        .await
+        .unwrap();
+    let (_router, doc) = s.router::<()>().split_for_parts();
+    let paths: Vec<&String> = doc.paths.paths.keys().collect();
+    for p in [
+        "/api/v1/jobs",
+        "/api/v1/jobs/{id}",
+        "/api/v1/jobs/{id}/pause",
+        "/api/v1/jobs/{id}/resume",
+        "/api/v1/jobs/{id}/run",
+        "/api/v1/jobs/{id}/runs",
+        "/api/v1/rules",
+        "/api/v1/rules/{id}",
+        "/api/v1/rules/{id}/pause",
+        "/api/v1/rules/{id}/resume",
+        "/api/v1/rules/{id}/history",
+    ] {
+        assert!(paths.iter().any(|x| *x == p), "{p} missing from {paths:?}");
+    }
+    s.shutdown().await;
+}
