@@ -253,6 +253,11 @@ async fn the_scheduler_runs_a_script_and_the_cli_sends_runs_and_lists() {
     let dir = tempfile::tempdir().unwrap();
     let scripts = dir.path().join("scripts");
     write_script(&scripts);
+    // The shipped scripts too, run against this real server below.
+    let shipped = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts");
+    for name in ["low-battery.toml", "low-battery.py", "kickstand_api.py"] {
+        std::fs::copy(shipped.join(name), scripts.join(name)).unwrap();
+    }
     let config = dir.path().join("kickstand.toml");
     std::fs::write(
         &config,
@@ -391,6 +396,38 @@ async fn the_scheduler_runs_a_script_and_the_cli_sends_runs_and_lists() {
     let out = cli(&["script", "run", "nope"]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("404"));
+
+    // The shipped low-battery script, through the runner, against this server's real API with
+    // the process's own key: the two scooters under 20 %, lowest first.
+    let now = now_ms();
+    let fleet: Vec<Value> = [("a-1", 55.0), ("a-2", 12.0), ("a-3", 4.0), ("a-4", 19.5)]
+        .iter()
+        .map(|(id, pct)| {
+            json!({"vehicle_id": id, "ts": now - 1_000, "lat": 37.5665, "lon": 126.978,
+                   "battery_pct": pct, "state": "available"})
+        })
+        .collect();
+    c.post(server.url("/api/v1/telemetry"))
+        .bearer_auth(&admin)
+        .json(&fleet)
+        .send()
+        .await
+        .unwrap()
+        .error_for_status()
+        .unwrap();
+    let out = cli(&["script", "run", "low-battery", "--arg", "below=20"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let csv = String::from_utf8_lossy(&out.stdout);
+    let ids: Vec<&str> = csv
+        .lines()
+        .skip(1)
+        .filter_map(|l| l.split(',').next())
+        .collect();
+    assert_eq!(ids, vec!["a-3", "a-2", "a-4"], "{csv}");
 
     // `kickstand ops message send` through the webhook channel.
     let out = cli(&[
