@@ -253,10 +253,13 @@ pub async fn open(kind: Store, dir: &std::path::Path) -> Option<(Db, Option<Stri
         Store::Sqlite => Some((Db::open_sqlite(&dir.join("ops.db")).unwrap(), None)),
         Store::Postgres => {
             let url = service_url("POSTGRES")?;
+            // Tests of one binary run at once: a counter keeps their schemas apart.
+            static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
             let schema = format!(
-                "sched_test_{}_{}",
+                "sched_test_{}_{}_{}",
                 std::process::id(),
-                kickstand_service::now_ms() % 1_000_000_007
+                kickstand_service::now_ms() % 1_000_000_007,
+                NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
             );
             Some((
                 Db::open_postgres(&url, &schema, None).await.unwrap(),
