@@ -84,20 +84,25 @@ impl Action {
                 }
             }
             Action::Message(m) => {
-                for key in ["channel", "to"] {
-                    if m.get(key)
-                        .is_none_or(|v| v.as_str().is_none_or(str::is_empty))
-                    {
-                        return Err((
-                            format!("action.message.{key}"),
-                            format!("a message needs `{key}` (a non-empty string)"),
-                        ));
-                    }
+                // The body of `POST /api/v1/messages`: the messenger checks the rest (`to` is
+                // optional for Slack, `vars` must match the template) when it is sent.
+                if m.get("channel")
+                    .is_none_or(|v| v.as_str().is_none_or(str::is_empty))
+                {
+                    return Err((
+                        "action.message.channel".into(),
+                        "a message needs `channel` (a non-empty string)".into(),
+                    ));
                 }
-                if !m.get("template").is_some_and(Json::is_object) {
+                let text = |key: &str| {
+                    m.get(key)
+                        .and_then(Json::as_str)
+                        .is_some_and(|s| !s.is_empty())
+                };
+                if !text("template") && !text("body") {
                     return Err((
                         "action.message.template".into(),
-                        "a message needs `template` (an object with `name`)".into(),
+                        "a message needs `template` (a template's name) or an inline `body`".into(),
                     ));
                 }
             }

@@ -93,6 +93,11 @@ impl Scheduler {
         )
         .map_err(|e| SchedulerError::Config(format!("HTTP client: {e}")))?;
         let store = store::Store::open(db).await?;
+        if let Some(ev) = &events {
+            rules::init_cursor(&store, ev).await.map_err(|e| {
+                SchedulerError::Config(format!("rules: cannot read the event head: {e}"))
+            })?;
+        }
         let mut suffix = [0u8; 4];
         getrandom::fill(&mut suffix).map_err(|e| SchedulerError::Config(e.to_string()))?;
         let suffix: String = suffix.iter().map(|b| format!("{b:02x}")).collect();

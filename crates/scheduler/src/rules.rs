@@ -83,6 +83,32 @@ pub async fn rules_loop(s: Arc<Scheduler>, mut stop: tokio::sync::watch::Receive
     }
 }
 
+/// On the very first start (no cursor stored yet), the rules follow events from the store's
+/// head at that moment: stored history is not replayed, and an event stored after `start`
+/// returned is never missed (the loop's first pass comes later).
+pub(crate) async fn init_cursor(
+    store: &crate::store::Store,
+    events: &Arc<dyn kickstand_engine::fleet::FleetStore>,
+) -> Result<(), String> {
+    if store
+        .state(CURSOR)
+        .await
+        .map_err(|e| e.to_string())?
+        .is_some()
+    {
+        return Ok(());
+    }
+    let ev = events.clone();
+    let head = tokio::task::spawn_blocking(move || ev.event_head())
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())?;
+    store
+        .set_state(CURSOR, head as i64)
+        .await
+        .map_err(|e| e.to_string())
+}
+
 /// One batch of events; `true` when there may be more.
 async fn rules_pass(
     s: &Arc<Scheduler>,

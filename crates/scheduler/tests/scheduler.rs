@@ -97,7 +97,11 @@ async fn api_contract(kind: Store) {
         ),
         (
             r#"{"name":"x","schedule":{"every":"1s"},"action":{"message":{"channel":"ops"}}}"#,
-            "action.message.to",
+            "action.message.template",
+        ),
+        (
+            r#"{"name":"x","schedule":{"every":"1s"},"action":{"message":{"template":"t"}}}"#,
+            "action.message.channel",
         ),
         (
             r#"{"name":"x","schedule":{"every":"1s"},"action":{"task":"retention"},"overlap":"sometimes"}"#,
@@ -141,7 +145,7 @@ async fn api_contract(kind: Store) {
         let (status, _) = post(
             &jobs,
             json!({"name": format!("msg {i}"), "schedule": {"every": "1h"},
-                   "action": {"message": {"channel": "crew", "to": "ops@example.com", "template": {"name": "t"}}}})
+                   "action": {"message": {"channel": "crew", "to": "ops@example.com", "template": "t"}}})
             .to_string(),
         )
         .await;
@@ -269,7 +273,7 @@ async fn api_contract(kind: Store) {
     let (status, rule) = post(
         &rules,
         json!({"name": "low battery", "kinds": ["battery_low"], "vehicle": "s-*", "cooldown_secs": 60,
-               "action": {"message": {"channel": "crew", "to": "swap@example.com", "template": {"name": "low"},
+               "action": {"message": {"channel": "crew", "to": "swap@example.com", "template": "low",
                                       "vars": {"vehicle": "{{ event.vehicle_id }}"}}}})
         .to_string(),
     )
@@ -414,7 +418,7 @@ async fn missed_runs_skip_or_run_once() {
         let (status, job) = post(
             &format!("{base}/api/v1/jobs"),
             json!({"name": name, "schedule": {"every": "10s"}, "missed": missed, "missed_deadline": deadline,
-                   "action": {"message": {"channel": "crew", "to": name, "template": {"name": "t"}}}})
+                   "action": {"message": {"channel": "crew", "to": name, "template": "t"}}})
             .to_string(),
         )
         .await;
@@ -509,7 +513,7 @@ async fn rule_contract(kind: Store) {
     let (status, rule) = post(
         &format!("{base}/api/v1/rules"),
         json!({"name": "swap crew", "kinds": ["battery_low"], "cooldown_secs": 600, "vehicle": "s-*",
-               "action": {"message": {"channel": "crew", "to": "swap@example.com", "template": {"name": "battery_low"},
+               "action": {"message": {"channel": "crew", "to": "swap@example.com", "template": "battery_low",
                           "vars": {"vehicle": "{{ event.vehicle_id }}", "pct": "{{ event.battery_pct }}",
                                    "text": "{{ event.vehicle_id }} at {{ event.battery_pct }}%"}}}})
         .to_string(),
