@@ -294,28 +294,53 @@ pub fn operations_router(
     metrics: Option<PrometheusHandle>,
     ops: Vec<OpenApiRouter>,
 ) -> Router<()> {
-    let render = move || {
-        let text = metrics.as_ref().map(|h| h.render()).unwrap_or_default();
-        async move {
-            (
-                StatusCode::OK,
-                [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-                text,
-            )
-        }
-    };
-    let metrics_route: OpenApiRouter =
-        OpenApiRouter::new().route("/metrics", axum::routing::get(render));
-    let (metrics_route, _) = guarded(metrics_route, auth::Scope::Read, &keys).split_for_parts();
-    let mut app = Router::new()
-        .route("/healthz", axum::routing::get(healthz))
-        .route("/readyz", axum::routing::get(healthz))
-        .merge(metrics_route);
+    let open: OpenApiRouter = OpenApiRouter::new()
+        .routes(routes!(healthz))
+        .routes(routes!(operations_readyz));
+    let metrics_route = guarded(
+        OpenApiRouter::new().routes(routes!(operations_metrics)),
+        auth::Scope::Read,
+        &keys,
+    )
+    .with_state(metrics);
+    let mut all = open.merge(metrics_route);
     for group in ops {
-        let (routes, _doc) = guarded(group, auth::Scope::Operate, &keys).split_for_parts();
-        app = app.merge(routes);
+        all = all.merge(guarded(group, auth::Scope::Operate, &keys));
     }
+    let (app, _doc) = all.split_for_parts();
     app.fallback(|| async { Problem::not_found("no such route") })
+}
+
+/// `GET /readyz` of a process with only operations services: they answer once started.
+#[utoipa::path(
+    get,
+    path = "/readyz",
+    tag = "operations",
+    summary = "Readiness of an operations process",
+    description = "200 once the process's operations services have started (they start before \
+        the listener opens).",
+    responses((status = 200, description = "Ready.", body = String))
+)]
+async fn operations_readyz() -> &'static str {
+    "ready"
+}
+
+/// `GET /metrics` of a process with only operations services.
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "operations",
+    summary = "Prometheus metrics of an operations process",
+    responses((status = 200, description = "Prometheus text format.", body = String, content_type = "text/plain"))
+)]
+async fn operations_metrics(State(metrics): State<Option<PrometheusHandle>>) -> Response {
+    let text = metrics.as_ref().map(|h| h.render()).unwrap_or_default();
+    (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        text,
+    )
+        .into_response()
 }
 
 fn now_ms() -> i64 {
