@@ -276,14 +276,20 @@ pub fn router(state: AppState) -> Router<()> {
 /// [`router`] plus the routes of the operations services of this process (the messenger, the
 /// script runner, the scheduler: each group with its own state), behind the `operate` scope. A
 /// service checks finer scopes itself from the [`kickstand_service::Caller`] the guard hands on.
+/// Their operations are added to the document `/api/v1/openapi.json` serves.
 pub fn router_with(state: AppState, ops: Vec<OpenApiRouter>) -> Router<()> {
     let keys = state.keys.clone();
-    let mut app = router(state);
-    for group in ops {
-        let (routes, _doc) = guarded(group, auth::Scope::Operate, &keys).split_for_parts();
-        app = app.merge(routes);
+    if ops.is_empty() {
+        return router(state);
     }
-    app
+    let mut merged: OpenApiRouter = OpenApiRouter::new();
+    for group in ops {
+        merged = merged.merge(guarded(group, auth::Scope::Operate, &keys));
+    }
+    let (routes, doc) = merged.split_for_parts();
+    let doc = openapi::OperationsDoc(Arc::new(openapi::document_with(doc)));
+    // The document's route is in `router`, so the extension goes on the whole app.
+    router(state).merge(routes).layer(axum::Extension(doc))
 }
 
 /// The HTTP side of a process that runs only operations services (`kickstand serve --role

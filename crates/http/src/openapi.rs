@@ -158,6 +158,19 @@ pub fn document() -> &'static str {
 /// runs offline) and renders `openapi.json`.
 const API_HTML: &str = include_str!("../assets/api.html");
 
+/// The OpenAPI document of the operations services a process mounts beside the API (see
+/// [`crate::router_with`]), merged into the one `openapi.json` serves.
+#[derive(Clone)]
+pub struct OperationsDoc(pub std::sync::Arc<String>);
+
+/// [`document`] with the paths and schemas of `extra` added.
+pub fn document_with(extra: OpenApi) -> String {
+    let mut doc = crate::routes(None).into_openapi();
+    doc.merge(extra);
+    doc.to_pretty_json()
+        .expect("the OpenAPI document serialises")
+}
+
 /// The OpenAPI document.
 #[utoipa::path(
     get,
@@ -169,11 +182,15 @@ const API_HTML: &str = include_str!("../assets/api.html");
         (status = 200, description = "The OpenAPI document.", body = Object, content_type = "application/json"),
     )
 )]
-pub(crate) async fn openapi_json() -> Response {
+pub(crate) async fn openapi_json(ops: Option<axum::Extension<OperationsDoc>>) -> Response {
+    let body = match ops {
+        Some(axum::Extension(OperationsDoc(doc))) => doc.as_str().to_owned(),
+        None => document().to_owned(),
+    };
     (
         StatusCode::OK,
         [(header::CONTENT_TYPE, "application/json")],
-        document(),
+        body,
     )
         .into_response()
 }

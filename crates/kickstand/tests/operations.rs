@@ -450,6 +450,35 @@ async fn the_scheduler_runs_a_script_and_the_cli_sends_runs_and_lists() {
         .collect();
     assert_eq!(ids, vec!["a-3", "a-2", "a-4"], "{csv}");
 
+    // The API's document describes the operations routes too, behind a key.
+    let doc: Value = c
+        .get(server.url("/api/v1/openapi.json"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    for path in [
+        "/api/v1/messages",
+        "/api/v1/templates/{name}",
+        "/api/v1/scripts/{name}/runs",
+        "/api/v1/jobs",
+        "/api/v1/rules",
+        "/api/v1/tasks/{task}",
+        "/api/v1/telemetry",
+    ] {
+        assert!(
+            doc["paths"][path].is_object(),
+            "{path} is not in the document"
+        );
+    }
+    assert!(
+        doc["paths"]["/api/v1/jobs"]["post"]["security"].is_array(),
+        "{}",
+        doc["paths"]["/api/v1/jobs"]
+    );
+
     // `kickstand ops message send` through the webhook channel.
     let out = cli(&[
         "message",
