@@ -814,28 +814,5 @@ fn json(status: StatusCode, value: &impl Serialize) -> Response {
 
 /// Parses a JSON body, naming the field at fault.
 fn parse_body<T: DeserializeOwned>(body: &[u8]) -> Result<T, Problem> {
-    if body.iter().all(u8::is_ascii_whitespace) {
-        return Err(Problem::bad_request(
-            "the body is empty; send a JSON object",
-        ));
-    }
-    let mut de = serde_json::Deserializer::from_slice(body);
-    let value = serde_path_to_error::deserialize(&mut de).map_err(|e| {
-        let path = e.path().to_string();
-        let mut p = syntax_or_data(e.into_inner());
-        if path != "." {
-            p.field = Some(path);
-        }
-        p
-    })?;
-    de.end().map_err(syntax_or_data)?;
-    Ok(value)
-}
-
-fn syntax_or_data(e: serde_json::Error) -> Problem {
-    Problem::bad_request(if e.is_syntax() || e.is_eof() {
-        format!("the body is not valid JSON: {e}")
-    } else {
-        e.to_string()
-    })
+    kickstand_service::problem::parse_json(body)
 }

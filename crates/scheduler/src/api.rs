@@ -48,19 +48,7 @@ fn json<T: Serialize>(status: StatusCode, body: &T) -> Response {
 
 /// Parses a JSON body, naming the field at fault.
 fn parse_body<T: DeserializeOwned>(body: &[u8]) -> Result<T, Problem> {
-    let de = &mut serde_json::Deserializer::from_slice(body);
-    serde_path_to_error::deserialize(de).map_err(|e| {
-        let path = e.path().to_string();
-        let field = if path == "." || path == "?" {
-            "body".to_owned()
-        } else {
-            path
-        };
-        Problem::invalid(
-            field,
-            format!("the body is not a valid request: {}", e.inner()),
-        )
-    })
+    kickstand_service::problem::parse_json(body)
 }
 
 fn random_id(prefix: &str) -> Result<String, Problem> {

@@ -84,6 +84,42 @@ impl Problem {
     }
 }
 
+/// Parses a JSON request body into `T`: an empty body, invalid JSON, trailing data and a value
+/// of the wrong shape are each a 400 whose `field` names the part at fault (`args.below`,
+/// `schedule.cron`), or `body` when it is the body as a whole.
+pub fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, Problem> {
+    let whole = |mut p: Problem| {
+        p.field = Some("body".into());
+        p
+    };
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Err(whole(Problem::bad_request(
+            "the body is empty; send a JSON object",
+        )));
+    }
+    let mut de = serde_json::Deserializer::from_slice(body);
+    let value = serde_path_to_error::deserialize(&mut de).map_err(|e| {
+        let path = e.path().to_string();
+        let mut p = syntax_or_data(e.into_inner());
+        p.field = Some(if path == "." || path == "?" {
+            "body".into()
+        } else {
+            path
+        });
+        p
+    })?;
+    de.end().map_err(|e| whole(syntax_or_data(e)))?;
+    Ok(value)
+}
+
+fn syntax_or_data(e: serde_json::Error) -> Problem {
+    Problem::bad_request(if e.is_syntax() || e.is_eof() {
+        format!("the body is not valid JSON: {e}")
+    } else {
+        format!("the body is not a valid request: {e}")
+    })
+}
+
 impl From<crate::db::DbError> for Problem {
     fn from(error: crate::db::DbError) -> Problem {
         Problem::internal("the ops database failed", &error)
