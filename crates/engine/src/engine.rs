@@ -139,19 +139,17 @@ impl Engine {
         fleet: Option<Arc<FleetWatch>>,
     ) -> Result<Engine, EngineError> {
         config.span()?;
-        restore_state(history.as_ref(), state.as_ref())?;
-
         let n = config.worker_count();
         // Each worker starts watching the vehicles of its shard, so that one that never
-        // reports again still becomes stale.
+        // reports again still becomes stale: the seeds come from the same pass over the
+        // newest fixes that restores the latest state.
         let mut seeds: Vec<Vec<kickstand_domain::Fix>> = (0..n).map(|_| Vec::new()).collect();
-        if fleet.is_some() {
-            history.for_each_latest(&mut |vehicle_id, point| {
-                let fix = kickstand_domain::Fix { vehicle_id, point };
-                let shard = shard_of(&fix, n);
-                seeds[shard].push(fix);
-            })?;
-        }
+        let watching = fleet.is_some();
+        restore_state_seeding(history.as_ref(), state.as_ref(), &mut |fix| {
+            if watching {
+                seeds[shard_of(fix, n)].push(fix.clone());
+            }
+        })?;
         let (transport, receivers) = InProcessTransport::new(n, config.queue_fixes);
         let mut workers = Vec::with_capacity(n);
         for ((shard, rx), seed) in receivers.into_iter().enumerate().zip(seeds) {
@@ -288,16 +286,27 @@ pub fn restore_state(
     history: &dyn HistoryStore,
     state: &dyn StateStore,
 ) -> Result<usize, EngineError> {
+    restore_state_seeding(history, state, &mut |_| {})
+}
+
+/// [`restore_state`], also handing every vehicle's newest fix (flagged or not) to `seed`.
+fn restore_state_seeding(
+    history: &dyn HistoryStore,
+    state: &dyn StateStore,
+    seed: &mut dyn FnMut(&kickstand_domain::Fix),
+) -> Result<usize, EngineError> {
     let started = Instant::now();
     let mut restored = 0usize;
     let mut batch = Vec::with_capacity(4096);
     let mut failed = None;
     history.for_each_latest(&mut |vehicle_id, point| {
+        let fix = kickstand_domain::Fix { vehicle_id, point };
+        seed(&fix);
         // A flagged fix never becomes the latest state, even when it is the newest stored.
-        if !point.quality.is_good() {
+        if !fix.point.quality.is_good() {
             return;
         }
-        batch.push(kickstand_domain::Fix { vehicle_id, point });
+        batch.push(fix);
         if batch.len() == 4096 {
             if let Err(e) = state.apply(&batch)
                 && failed.is_none()
