@@ -258,6 +258,9 @@ fn write_script(dir: &std::path::Path) {
 description = "Says hello."
 command = "hello.sh"
 timeout_secs = 30
+# The job below runs it every second; a run the scheduler started just before the pause must
+# not turn the CLI's run into a 429.
+max_concurrent = 4
 env = ["KICKSTAND_API_URL", "KICKSTAND_API_KEY"]
 
 [[args]]

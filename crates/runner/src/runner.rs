@@ -278,7 +278,7 @@ impl Runner {
                 })
                 .await;
                 return Err(StartError::Busy(format!(
-                    "{name} is already running {} time(s), or the runner its limit of runs; retry later",
+                    "{name} is already running {} time(s), or the runner is at its limit of runs; retry later",
                     script.max_concurrent
                 )));
             };
