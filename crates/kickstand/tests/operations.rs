@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{Server, client, now_ms};
+use common::{Server, client, get_json_with_key, now_ms};
 use serde_json::{Value, json};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -136,15 +136,8 @@ async fn a_battery_low_event_sends_one_message_per_vehicle_within_the_cooldown()
         assert!(r.status().is_success(), "{}", r.status());
     }
     // The pipeline stored three battery_low events.
-    let events: Value = c
-        .get(server.url("/api/v1/events?kind=battery_low"))
-        .bearer_auth(&admin)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let events: Value =
+        get_json_with_key(&c, &server.url("/api/v1/events?kind=battery_low"), &admin).await;
     assert_eq!(events["events"].as_array().unwrap().len(), 3, "{events}");
 
     let started = Instant::now();
@@ -202,28 +195,18 @@ async fn a_battery_low_event_sends_one_message_per_vehicle_within_the_cooldown()
         )
         .unwrap();
     }
-    let history: Value = c
-        .get(server.url(&format!("/api/v1/rules/{rule_id}/history")))
-        .bearer_auth(&admin)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let history: Value = get_json_with_key(
+        &c,
+        &server.url(&format!("/api/v1/rules/{rule_id}/history")),
+        &admin,
+    )
+    .await;
     let text = history.to_string();
     assert!(text.contains("suppressed"), "{text}");
 
     // The messages are in the messenger's log as sent, with the receiver's answer.
-    let sent: Value = c
-        .get(server.url("/api/v1/messages?status=sent"))
-        .bearer_auth(&admin)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let sent: Value =
+        get_json_with_key(&c, &server.url("/api/v1/messages?status=sent"), &admin).await;
     assert_eq!(sent["messages"].as_array().map(Vec::len), Some(2), "{sent}");
     // The secret and the receiver's URL never appear in answers.
     let channels = c
@@ -337,18 +320,7 @@ async fn the_scheduler_runs_a_script_and_the_cli_sends_runs_and_lists() {
         let c = c.clone();
         let url = server.url(&format!("/api/v1/jobs/{job_id}/runs"));
         let admin = admin.clone();
-        async move {
-            let v: Value = c
-                .get(url)
-                .bearer_auth(admin)
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
-            v
-        }
+        async move { get_json_with_key(&c, &url, &admin).await }
     };
     let started = Instant::now();
     loop {
@@ -379,15 +351,8 @@ async fn the_scheduler_runs_a_script_and_the_cli_sends_runs_and_lists() {
         "{listing}"
     );
     // The runs the scheduler started are in the runner's log, started by the process's key.
-    let runs: Value = c
-        .get(server.url("/api/v1/scripts/runs?script=hello"))
-        .bearer_auth(&admin)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let runs: Value =
+        get_json_with_key(&c, &server.url("/api/v1/scripts/runs?script=hello"), &admin).await;
     let text = runs.to_string();
     assert!(text.contains("kickstand"), "{text}");
 

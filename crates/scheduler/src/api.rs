@@ -1032,11 +1032,16 @@ async fn delete_rule(State(s): Svc, Path(id): Path<String>) -> Result<Response, 
     )
 )]
 async fn pause_rule(State(s): Svc, Path(id): Path<String>) -> Result<Response, Problem> {
-    if !s.store.set_rule_paused(&id, true, now_ms()).await? {
-        return Err(not_found("rule", &id));
+    set_rule_paused(&s, &id, true).await
+}
+
+/// Pauses or resumes rule `id` and answers with it.
+async fn set_rule_paused(s: &Scheduler, id: &str, paused: bool) -> Result<Response, Problem> {
+    if !s.store.set_rule_paused(id, paused, now_ms()).await? {
+        return Err(not_found("rule", id));
     }
-    let rule = load_rule(&s, &id).await?;
-    Ok(json(StatusCode::OK, &rule_view(&s, rule).await?))
+    let rule = load_rule(s, id).await?;
+    Ok(json(StatusCode::OK, &rule_view(s, rule).await?))
 }
 
 /// `POST /api/v1/rules/{id}/resume`
@@ -1052,11 +1057,7 @@ async fn pause_rule(State(s): Svc, Path(id): Path<String>) -> Result<Response, P
     )
 )]
 async fn resume_rule(State(s): Svc, Path(id): Path<String>) -> Result<Response, Problem> {
-    if !s.store.set_rule_paused(&id, false, now_ms()).await? {
-        return Err(not_found("rule", &id));
-    }
-    let rule = load_rule(&s, &id).await?;
-    Ok(json(StatusCode::OK, &rule_view(&s, rule).await?))
+    set_rule_paused(&s, &id, false).await
 }
 
 /// `GET /api/v1/rules/{id}/history`

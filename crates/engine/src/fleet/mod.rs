@@ -6,12 +6,15 @@
 //! append the events they compute; the API lists geofences and events; the webhook dispatcher
 //! and the live stream follow events by their sequence number.
 //!
-//! **Contract:** appending an event whose id is already stored does nothing (ids are
-//! deterministic, see [`Event::make_id`]), so a batch processed twice stores its events once;
-//! sequence numbers only grow, so "everything after `seq`" never misses an event that was
-//! committed before the call.
+//! **Contract:** `append_events` returns once the events are durable, and a query made after it
+//! returned sees them (the embedded store makes them durable in its journal and indexes them in
+//! the background; its queries wait for that); appending an event whose id is already stored
+//! does nothing (ids are deterministic, see [`Event::make_id`]), so a batch processed twice
+//! stores its events once; sequence numbers only grow, so "everything after `seq`" never misses
+//! an event that was committed before the call.
 
 pub mod config;
+mod journal;
 pub mod postgres;
 pub mod sqlite;
 #[cfg(test)]
@@ -84,8 +87,8 @@ pub trait FleetStore: Send + Sync + 'static {
     /// A number that changes whenever a geofence is put or deleted (by any process).
     fn geofences_version(&self) -> FleetResult<u64>;
 
-    /// Stores events not stored yet (by id), in order; returns how many were new.
-    fn append_events(&self, events: &[Event], recorded_at: i64) -> FleetResult<usize>;
+    /// Stores the events not stored yet (by id), in order, durably before it returns.
+    fn append_events(&self, events: &[Event], recorded_at: i64) -> FleetResult<()>;
     /// Events matching `q`, by sequence number.
     fn events(&self, q: &EventQuery) -> FleetResult<Vec<StoredEvent>>;
     /// The highest sequence number given so far (0 when there is none).

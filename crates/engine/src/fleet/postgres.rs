@@ -419,9 +419,9 @@ impl FleetStore for PgFleetStore {
 
     /// One statement per batch, serialised with every other appender: see `APPEND_EVENTS` for
     /// how the sequence contract holds across processes.
-    fn append_events(&self, events: &[Event], recorded_at: i64) -> FleetResult<usize> {
+    fn append_events(&self, events: &[Event], recorded_at: i64) -> FleetResult<()> {
         if events.is_empty() {
-            return Ok(0);
+            return Ok(());
         }
         let n = events.len();
         let (mut ids, mut vehicles, mut kinds, mut ts, mut zones) = (
@@ -449,25 +449,24 @@ impl FleetStore for PgFleetStore {
         self.rt.block_on(async {
             let c = self.client().await?;
             let stmt = c.prepare_cached(APPEND_EVENTS).await.map_err(pg)?;
-            let added = c
-                .execute(
-                    &stmt,
-                    &[
-                        &ids,
-                        &vehicles,
-                        &kinds,
-                        &ts,
-                        &zones,
-                        &from_states,
-                        &to_states,
-                        &bodies,
-                        &recorded_at,
-                        &self.append_key,
-                    ],
-                )
-                .await
-                .map_err(pg)?;
-            Ok(added as usize)
+            c.execute(
+                &stmt,
+                &[
+                    &ids,
+                    &vehicles,
+                    &kinds,
+                    &ts,
+                    &zones,
+                    &from_states,
+                    &to_states,
+                    &bodies,
+                    &recorded_at,
+                    &self.append_key,
+                ],
+            )
+            .await
+            .map_err(pg)?;
+            Ok(())
         })
     }
 

@@ -1,14 +1,17 @@
-//! The embedded fleet store: one SQLite file (`fleet.db` in the data directory) in WAL mode.
+//! The embedded fleet store: one SQLite file (`fleet.db` in the data directory) in WAL mode,
+//! with an event journal beside it (`fleet.events/`, see [`journal`](super::journal)).
 //!
-//! Durability: `synchronous = FULL`, so an event is on disk before the fixes that caused it are
-//! appended and acked, even across a power cut. `NORMAL` (no fsync per commit) was measured
-//! and was no faster (BENCHMARKS.md, "Fleet intelligence"): the per-group fsync is not what
-//! limits events on.
+//! Durability: an event is on disk, in the journal, before the fixes that caused it are
+//! appended and acked, even across a power cut; the writer thread moves journalled events into
+//! `fleet.db` in large batches off the ack path, and queries wait until it has caught up with
+//! every append made before them. Geofence writes go straight to `fleet.db` with
+//! `synchronous = FULL`.
 //!
 //! One connection writes (workers, the API's geofence changes) and one reads (queries), so a
 //! long query never waits for a write and the reverse. Schema versions are kept in
 //! `PRAGMA user_version` and applied in order at open.
 
+use super::journal::{AppendError, Journal};
 use super::vindex::{self, VehicleIndex};
 use super::{EventQuery, FleetError, FleetResult, FleetStore, Geofence, StoredEvent};
 use crossbeam_channel::{Receiver, Sender};
@@ -17,6 +20,7 @@ use kickstand_domain::zone::{Area, ZoneKind};
 use kickstand_domain::{VehicleId, VehicleState};
 use parking_lot::Mutex;
 use rusqlite::{Connection, OptionalExtension, params};
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -57,7 +61,21 @@ const MIGRATIONS: &[&str] = &[
     // 2: the by-vehicle access path moves to the LSM index beside the file (`vindex`): a
     // B-tree on a random key dirtied a page per event.
     "DROP INDEX events_by_vehicle;",
+    // 3: events become durable in the journal first; the number of the last journal record
+    // whose events are in this file.
+    "INSERT INTO counters VALUES ('journal_indexed', 0);",
 ];
+
+/// Events journalled and not yet in `fleet.db` above which appends wait (backpressure).
+const MAX_BACKLOG: usize = 100_000;
+/// Events the writer thread puts into `fleet.db` in one transaction, at most.
+const MAX_BATCH: usize = 20_000;
+/// How long the writer thread gathers records before a transaction (unless a query is waiting
+/// or a full batch is ready): every commit rewrites the pages it touched into the WAL and
+/// sweeps the page cache, so fewer, larger transactions cost less per event.
+const COMMIT_EVERY: std::time::Duration = std::time::Duration::from_millis(100);
+/// How long a query waits for the writer thread to catch up with the appends made before it.
+const SETTLE_LIMIT: std::time::Duration = std::time::Duration::from_secs(10);
 
 pub struct SqliteFleetStore {
     /// The writer thread's queue; `None` once the store is being dropped.
@@ -66,6 +84,7 @@ pub struct SqliteFleetStore {
     checkpointer: Option<(Sender<()>, JoinHandle<()>)>,
     read: Mutex<Connection>,
     index: Arc<VehicleIndex>,
+    journal: Arc<Journal>,
 }
 
 /// An event ready to insert: serialised by the caller's thread, so the one writer thread only
@@ -81,16 +100,34 @@ struct Row {
     body: String,
 }
 
-type Reply<T> = Sender<FleetResult<T>>;
+impl Row {
+    fn of(e: &Event, body: String) -> Row {
+        Row {
+            id: e.id.clone(),
+            vehicle_id: e.vehicle_id.as_str().to_owned(),
+            kind: e.kind.as_str(),
+            ts: e.ts,
+            zone_id: e.zone_id.clone().unwrap_or_default(),
+            from_state: e.from_state.map(VehicleState::as_str),
+            to_state: e.to_state.map(VehicleState::as_str),
+            body,
+        }
+    }
+}
+
+/// The events of one journal record.
+struct Record {
+    rows: Vec<Row>,
+    recorded_at: i64,
+}
 
 /// Work for the writer thread.
 enum Job {
-    /// Appended together with every other `Events` job waiting, in one transaction.
-    Events {
-        rows: Vec<Row>,
-        recorded_at: i64,
-        reply: Reply<usize>,
-    },
+    /// Journal record `record`, durable: stored in journal order with every other record
+    /// waiting, in one transaction.
+    Events { record: u64, events: Record },
+    /// A query waits for the events appended before it: store what is ready now.
+    Wake,
     /// Any other write, alone in its own transaction.
     Run(WriteFn),
 }
@@ -149,13 +186,27 @@ impl SqliteFleetStore {
             .map_err(err)?;
         let index = Arc::new(VehicleIndex::open(&path.with_extension("vindex"))?);
         catch_up(&write, &index)?;
+        let indexed = write
+            .query_row(
+                "SELECT value FROM counters WHERE name = 'journal_indexed'",
+                [],
+                |r| r.get::<_, i64>(0),
+            )
+            .map_err(err)? as u64;
+        let journal_dir = path.with_extension("events");
+        let (journal, pending) = Journal::open(&journal_dir, indexed, MAX_BACKLOG)
+            .map_err(|e| err(format!("{}: {e}", journal_dir.display())))?;
+        let indexed = replay(&mut write, &index, pending)?.unwrap_or(indexed);
+        journal.indexed(indexed, 0);
+        let journal = Arc::new(journal);
         let wal_frames = Arc::new(AtomicI64::new(0));
         let (jobs, rx) = crossbeam_channel::unbounded();
         let frames = wal_frames.clone();
         let ix = index.clone();
+        let jr = journal.clone();
         let writer = std::thread::Builder::new()
             .name("fleet-store-writer".into())
-            .spawn(move || write_loop(write, rx, frames, ix))
+            .spawn(move || write_loop(write, rx, frames, ix, jr, indexed))
             .map_err(err)?;
         let (stop, stopped) = crossbeam_channel::bounded(1);
         let checkpoint_conn = open_conn(path)?;
@@ -170,7 +221,24 @@ impl SqliteFleetStore {
             checkpointer: Some((stop, checkpointer)),
             read: Mutex::new(read),
             index,
+            journal,
         })
+    }
+
+    /// Waits until every event appended before the call is in `fleet.db` (bounded; a writer
+    /// that far behind is reported, and the query answers with what is there).
+    fn settle(&self) {
+        if !self.journal.caught_up()
+            && let Some(jobs) = &self.jobs
+        {
+            let _ = jobs.send(Job::Wake);
+        }
+        if !self.journal.settle(SETTLE_LIMIT) {
+            tracing::warn!(
+                message = "the fleet store's writer is behind the event journal; answering with the events indexed so far",
+                limit_s = SETTLE_LIMIT.as_secs(),
+            );
+        }
     }
 
     /// Runs `f` on the writer thread, in a transaction, and waits for its answer.
@@ -214,33 +282,66 @@ impl Drop for SqliteFleetStore {
     }
 }
 
-/// The writer thread: takes every `Events` job waiting and stores them in one transaction
-/// (group commit: one WAL append and fsync for all the workers whose groups arrived together),
-/// answering each with how many of its events were new.
+/// The writer thread: puts journal records into `fleet.db` in the journal's order, as many
+/// as are waiting (up to `MAX_BATCH` events) in one transaction, together with the number of
+/// the last one; runs the other writes between batches.
 fn write_loop(
     mut c: Connection,
     rx: Receiver<Job>,
     wal_frames: Arc<AtomicI64>,
     index: Arc<VehicleIndex>,
+    journal: Arc<Journal>,
+    mut indexed: u64,
 ) {
     // Set when indexing stored events failed: the index is brought up to date from the file
     // before the next batch (it is derived data, see `vindex`).
     let mut index_behind = false;
-    let mut batch: Vec<(Vec<Row>, i64, Reply<usize>)> = Vec::new();
+    // Records that arrived before one with a lower number (workers sync in parallel).
+    let mut waiting: BTreeMap<u64, Record> = BTreeMap::new();
     let mut others: Vec<WriteFn> = Vec::new();
-    while let Ok(first) = rx.recv() {
-        let mut next = Some(first);
-        while let Some(job) = next.take().or_else(|| rx.try_recv().ok()) {
-            match job {
-                Job::Events {
-                    rows,
-                    recorded_at,
-                    reply,
-                } => batch.push((rows, recorded_at, reply)),
-                Job::Run(f) => others.push(f),
-            }
-            if batch.len() >= 64 {
+    let mut open = true;
+    let mut failures = 0u32;
+    let mut last_commit = std::time::Instant::now();
+    // Events waiting, whether ready or behind a gap.
+    let mut queued = 0;
+    while open || ready(&waiting, indexed) {
+        // Gather until a transaction is due: a query waits, a full batch is there, or
+        // `COMMIT_EVERY` passed since the last one. Block only while nothing is due.
+        let mut urgent = false;
+        loop {
+            let due = ready(&waiting, indexed)
+                && (urgent
+                    || !open
+                    || queued >= MAX_BATCH
+                    || last_commit.elapsed() >= COMMIT_EVERY);
+            if due || !others.is_empty() {
                 break;
+            }
+            let job = if ready(&waiting, indexed) {
+                match rx.recv_deadline(last_commit + COMMIT_EVERY) {
+                    Ok(job) => job,
+                    Err(crossbeam_channel::RecvTimeoutError::Timeout) => continue,
+                    Err(crossbeam_channel::RecvTimeoutError::Disconnected) => {
+                        open = false;
+                        continue;
+                    }
+                }
+            } else {
+                match rx.recv() {
+                    Ok(job) => job,
+                    Err(_) => {
+                        open = false;
+                        break;
+                    }
+                }
+            };
+            match job {
+                Job::Events { record, events } => {
+                    queued += events.rows.len();
+                    waiting.insert(record, events);
+                }
+                Job::Run(f) => others.push(f),
+                Job::Wake => urgent = true,
             }
         }
         if wal_frames.load(Ordering::Relaxed) > WAL_RESTART_FRAMES {
@@ -257,21 +358,45 @@ fn write_loop(
                 Err(error) => tracing::warn!(message = "vehicle index still behind", %error),
             }
         }
+        // The records that follow the last one stored without a gap.
+        let mut batch = Vec::new();
+        let mut last = indexed;
+        let mut events = 0;
+        while events < MAX_BATCH
+            && let Some(entry) = waiting.first_entry()
+            && *entry.key() == last + 1
+        {
+            let (record, r) = entry.remove_entry();
+            last = record;
+            events += r.rows.len();
+            batch.push(r);
+        }
+        queued -= events;
         if !batch.is_empty() {
-            match insert_events(&mut c, &batch) {
-                Ok((added, stored)) => {
+            match insert_events(&mut c, &batch, last) {
+                Ok(stored) => {
+                    failures = 0;
                     if !index_behind && let Err(error) = index.add(&stored) {
                         tracing::warn!(message = "indexing events by vehicle failed; catching up", %error);
                         index_behind = true;
                     }
-                    for ((_, _, reply), n) in batch.drain(..).zip(added) {
-                        let _ = reply.send(Ok(n));
-                    }
+                    drop(stored);
+                    indexed = last;
+                    last_commit = std::time::Instant::now();
+                    journal.indexed(last, events);
                 }
-                Err(e) => {
-                    for (_, _, reply) in batch.drain(..) {
-                        let _ = reply.send(Err(e.clone()));
+                Err(error) => {
+                    // The events are durable in the journal: keep them and try again, while
+                    // appends wait once the backlog is full (backpressure, not loss).
+                    failures += 1;
+                    tracing::error!(message = "storing journalled events failed; retrying", %error, failures);
+                    for (i, r) in batch.into_iter().enumerate() {
+                        waiting.insert(indexed + 1 + i as u64, r);
                     }
+                    queued += events;
+                    std::thread::sleep(std::time::Duration::from_millis(
+                        (50 * u64::from(failures)).min(2_000),
+                    ));
                 }
             }
         }
@@ -279,19 +404,33 @@ fn write_loop(
             f(&mut c);
         }
     }
+    if !waiting.is_empty() {
+        tracing::warn!(
+            message =
+                "event journal records left with a gap before them; the next start replays them",
+            records = waiting.len()
+        );
+    }
     if let Err(error) = c.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)") {
         tracing::debug!(message = "final fleet store checkpoint failed", %error);
     }
 }
 
-/// Inserts the batch in one transaction; returns how many events of each job were new, and
-/// the new events for the vehicle index.
+/// Whether the record after `indexed` is waiting.
+fn ready(waiting: &BTreeMap<u64, Record>, indexed: u64) -> bool {
+    waiting
+        .first_key_value()
+        .is_some_and(|(k, _)| *k == indexed + 1)
+}
+
+/// Inserts the records in one transaction with `last`, the number of the last of them, and
+/// returns the events that were new, for the vehicle index.
 fn insert_events<'a>(
     c: &mut Connection,
-    batch: &'a [(Vec<Row>, i64, Reply<usize>)],
-) -> FleetResult<(Vec<usize>, Vec<vindex::Entry<'a>>)> {
+    batch: &'a [Record],
+    last: u64,
+) -> FleetResult<Vec<vindex::Entry<'a>>> {
     let tx = c.transaction().map_err(err)?;
-    let mut added = Vec::with_capacity(batch.len());
     let mut stored = Vec::new();
     {
         let mut stmt = tx
@@ -301,8 +440,7 @@ fn insert_events<'a>(
                  ON CONFLICT (ts, vehicle_id, kind, zone_id) DO NOTHING",
             )
             .map_err(err)?;
-        for (rows, recorded_at, _) in batch {
-            let mut n = 0;
+        for Record { rows, recorded_at } in batch {
             for r in rows {
                 let inserted = stmt
                     .execute(params![
@@ -318,7 +456,6 @@ fn insert_events<'a>(
                     ])
                     .map_err(err)?;
                 if inserted == 1 {
-                    n += 1;
                     stored.push(vindex::Entry {
                         seq: tx.last_insert_rowid() as u64,
                         vehicle_id: &r.vehicle_id,
@@ -326,11 +463,72 @@ fn insert_events<'a>(
                     });
                 }
             }
-            added.push(n);
         }
+        tx.execute(
+            "UPDATE counters SET value = ?1 WHERE name = 'journal_indexed'",
+            [last as i64],
+        )
+        .map_err(err)?;
     }
     tx.commit().map_err(err)?;
-    Ok((added, stored))
+    Ok(stored)
+}
+
+/// Puts the journal records found at open into `fleet.db` (and the vehicle index); returns
+/// the number of the last one, if there were any.
+fn replay(
+    c: &mut Connection,
+    index: &VehicleIndex,
+    pending: Vec<super::journal::Recovered>,
+) -> FleetResult<Option<u64>> {
+    let Some(last) = pending.last().map(|r| r.record) else {
+        return Ok(None);
+    };
+    let mut events = 0;
+    let mut batch = Vec::new();
+    let mut batch_events = 0;
+    let mut batch_last = 0;
+    let total = pending.len();
+    for r in pending {
+        let mut rows = Vec::with_capacity(r.bodies.len());
+        for body in r.bodies {
+            match serde_json::from_str::<Event>(&body) {
+                Ok(e) => rows.push(Row::of(&e, body)),
+                // Written by this store from an `Event`: unreadable only if the format changed
+                // incompatibly, which a migration would have to handle.
+                Err(e) => {
+                    return Err(err(format!(
+                        "event journal record {} holds an unreadable event: {e}",
+                        r.record
+                    )));
+                }
+            }
+        }
+        events += rows.len();
+        batch_events += rows.len();
+        batch_last = r.record;
+        batch.push(Record {
+            rows,
+            recorded_at: r.recorded_at,
+        });
+        if batch_events >= MAX_BATCH {
+            let stored = insert_events(c, &batch, batch_last)?;
+            index.add(&stored)?;
+            drop(stored);
+            batch.clear();
+            batch_events = 0;
+        }
+    }
+    if !batch.is_empty() {
+        let stored = insert_events(c, &batch, batch_last)?;
+        index.add(&stored)?;
+    }
+    tracing::info!(
+        message = "event journal replayed into the fleet store",
+        records = total,
+        events
+    );
+    Ok(Some(last))
 }
 
 fn is_state_kind(kind: &str) -> bool {
@@ -523,35 +721,48 @@ impl FleetStore for SqliteFleetStore {
         .map_err(err)
     }
 
-    fn append_events(&self, events: &[Event], recorded_at: i64) -> FleetResult<usize> {
+    fn append_events(&self, events: &[Event], recorded_at: i64) -> FleetResult<()> {
         if events.is_empty() {
-            return Ok(0);
+            return Ok(());
         }
-        let mut rows = Vec::with_capacity(events.len());
+        let mut bodies = Vec::with_capacity(events.len());
         for e in events {
-            rows.push(Row {
-                id: e.id.clone(),
-                vehicle_id: e.vehicle_id.as_str().to_owned(),
-                kind: e.kind.as_str(),
-                ts: e.ts,
-                zone_id: e.zone_id.clone().unwrap_or_default(),
-                from_state: e.from_state.map(VehicleState::as_str),
-                to_state: e.to_state.map(VehicleState::as_str),
-                body: serde_json::to_string(e).map_err(err)?,
-            });
+            bodies.push(serde_json::to_string(e).map_err(err)?);
         }
-        let (reply, answer) = crossbeam_channel::bounded(1);
-        self.submit(
-            Job::Events {
-                rows,
-                recorded_at,
-                reply,
-            },
-            answer,
-        )
+        let (record, failed) = match self.journal.append(recorded_at, &bodies) {
+            Ok(record) => (record, None),
+            Err(AppendError {
+                record: Some(record),
+                error,
+            }) => (record, Some(error)),
+            Err(AppendError { error, .. }) => {
+                return Err(err(format!("the event journal failed: {error}")));
+            }
+        };
+        let rows = events
+            .iter()
+            .zip(bodies)
+            .map(|(e, body)| Row::of(e, body))
+            .collect();
+        let job = Job::Events {
+            record,
+            events: Record { rows, recorded_at },
+        };
+        if self
+            .jobs
+            .as_ref()
+            .is_none_or(|jobs| jobs.send(job).is_err())
+        {
+            return Err(FleetError("the fleet store's writer has stopped".into()));
+        }
+        match failed {
+            None => Ok(()),
+            Some(error) => Err(err(format!("syncing the event journal failed: {error}"))),
+        }
     }
 
     fn events(&self, q: &EventQuery) -> FleetResult<Vec<StoredEvent>> {
+        self.settle();
         let Some(vehicle) = &q.vehicle_id else {
             return self.query_events(q, None);
         };
@@ -578,6 +789,7 @@ impl FleetStore for SqliteFleetStore {
     }
 
     fn event_head(&self) -> FleetResult<u64> {
+        self.settle();
         let c = self.read.lock();
         c.query_row("SELECT COALESCE(MAX(seq), 0) FROM events", [], |r| {
             r.get::<_, i64>(0)
@@ -605,6 +817,7 @@ impl FleetStore for SqliteFleetStore {
     }
 
     fn last_trip_ends(&self) -> FleetResult<Vec<(VehicleId, i64)>> {
+        self.settle();
         let c = self.read.lock();
         let mut stmt = c
             .prepare_cached(
@@ -626,6 +839,7 @@ impl FleetStore for SqliteFleetStore {
     }
 
     fn last_state_events(&self, vehicles: &[VehicleId]) -> FleetResult<Vec<Event>> {
+        self.settle();
         let mut seqs = Vec::with_capacity(vehicles.len());
         for v in vehicles {
             if let Some(seq) = self.index.last_state(v.as_str())? {
@@ -718,6 +932,7 @@ impl SqliteFleetStore {
 impl SqliteFleetStore {
     /// The kinds stored, for tests and diagnostics.
     pub fn count_events(&self, kind: EventKind) -> FleetResult<u64> {
+        self.settle();
         let c = self.read.lock();
         c.query_row(
             "SELECT COUNT(*) FROM events WHERE kind = ?1",

@@ -164,6 +164,18 @@ pub async fn get_json(c: &reqwest::Client, url: &str) -> serde_json::Value {
     c.get(url).send().await.unwrap().json().await.unwrap()
 }
 
+/// GETs `url` with `key` as the bearer token and parses the body as JSON, whatever the status.
+pub async fn get_json_with_key(c: &reqwest::Client, url: &str, key: &str) -> serde_json::Value {
+    c.get(url)
+        .bearer_auth(key)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
 pub fn fix(id: &str, ts: i64, lat: f64, lon: f64) -> serde_json::Value {
     serde_json::json!({"vehicle_id": id, "ts": ts, "lat": lat, "lon": lon})
 }

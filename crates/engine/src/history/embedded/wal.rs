@@ -66,14 +66,43 @@ impl Segment {
 
     /// Writes one record holding `payload` and waits until it is on disk.
     pub fn append_durable(&mut self, framed: &mut [u8]) -> io::Result<()> {
-        // `framed` starts with 8 reserved bytes for the header, filled in here.
-        let payload_len = framed.len() - 8;
-        let crc = crc32fast::hash(&framed[8..]);
-        framed[0..4].copy_from_slice(&(payload_len as u32).to_le_bytes());
-        framed[4..8].copy_from_slice(&crc.to_le_bytes());
+        seal(framed);
         self.file.write_all(framed)?;
         self.file.sync_data()
     }
+}
+
+/// Fills in the header of a record started with [`begin_record`]: the payload's length and
+/// checksum.
+pub fn seal(framed: &mut [u8]) {
+    let payload_len = framed.len() - 8;
+    let crc = crc32fast::hash(&framed[8..]);
+    framed[0..4].copy_from_slice(&(payload_len as u32).to_le_bytes());
+    framed[4..8].copy_from_slice(&crc.to_le_bytes());
+}
+
+/// Hands `visit` the payload of every intact record in `bytes`, in order, until it returns
+/// `false`. Returns `true` when the bytes end in a torn or corrupt record (replay stops there).
+pub fn read_records(bytes: &[u8], mut visit: impl FnMut(&[u8]) -> bool) -> bool {
+    let mut pos = 0;
+    while pos < bytes.len() {
+        let Some(header) = bytes.get(pos..pos + 8) else {
+            return true;
+        };
+        let len = u32::from_le_bytes(header[0..4].try_into().expect("4 bytes")) as usize;
+        let crc = u32::from_le_bytes(header[4..8].try_into().expect("4 bytes"));
+        let Some(payload) = bytes.get(pos + 8..pos + 8 + len) else {
+            return true;
+        };
+        if crc32fast::hash(payload) != crc {
+            return true;
+        }
+        if !visit(payload) {
+            return false;
+        }
+        pos += 8 + len;
+    }
+    false
 }
 
 /// Starts a record buffer: 8 header bytes that [`Segment::append_durable`] fills in.
@@ -219,22 +248,8 @@ pub fn replay(dir: &Path, seq: u64) -> io::Result<Replay> {
     let mut bytes = Vec::new();
     File::open(segment_path(dir, seq))?.read_to_end(&mut bytes)?;
     let mut out = Replay::default();
-    let mut pos = 0;
-    while pos < bytes.len() {
-        let Some(header) = bytes.get(pos..pos + 8) else {
-            out.torn_tail = true;
-            break;
-        };
-        let len = u32::from_le_bytes(header[0..4].try_into().expect("4 bytes")) as usize;
-        let crc = u32::from_le_bytes(header[4..8].try_into().expect("4 bytes"));
-        let Some(payload) = bytes.get(pos + 8..pos + 8 + len) else {
-            out.torn_tail = true;
-            break;
-        };
-        if crc32fast::hash(payload) != crc {
-            out.torn_tail = true;
-            break;
-        }
+    let mut unreadable = false;
+    out.torn_tail = read_records(&bytes, |payload| {
         let mut c = Cursor {
             bytes: payload,
             pos: 0,
@@ -247,13 +262,14 @@ pub fn replay(dir: &Path, seq: u64) -> io::Result<Replay> {
                     // A record that passed its checksum but does not parse is a bug, not a
                     // torn write: keep nothing of it and say so.
                     out.fixes.truncate(before);
-                    out.torn_tail = true;
-                    return Ok(out);
+                    unreadable = true;
+                    return false;
                 }
             }
         }
-        pos += 8 + len;
-    }
+        true
+    });
+    out.torn_tail |= unreadable;
     Ok(out)
 }
 
