@@ -10,7 +10,7 @@ use crate::FastMap;
 use crate::fleet::FleetStore;
 use crate::fleet::zones::Zones;
 use crate::state::StateStore;
-use kickstand_domain::event::Event;
+use kickstand_domain::event::{Event, EventKind};
 use kickstand_domain::watch::{EventConfig, QualityConfig, QualityRules, VehicleWatch, Verdict};
 use kickstand_domain::{Fix, Quality, VehicleId};
 use std::collections::hash_map::Entry;
@@ -193,9 +193,17 @@ pub fn count_flags(q: Quality) {
     }
 }
 
-/// Counts stored events by kind.
+/// Counts stored events by kind: one registry lookup per kind present, not one per event.
 pub fn count_events(events: &[Event]) {
+    let mut counts = [0u64; EventKind::ALL.len()];
     for e in events {
-        metrics::counter!(crate::metrics::EVENTS_TOTAL, "kind" => e.kind.as_str()).increment(1);
+        if let Some(i) = EventKind::ALL.iter().position(|k| *k == e.kind) {
+            counts[i] += 1;
+        }
+    }
+    for (kind, n) in EventKind::ALL.iter().zip(counts) {
+        if n > 0 {
+            metrics::counter!(crate::metrics::EVENTS_TOTAL, "kind" => kind.as_str()).increment(n);
+        }
     }
 }

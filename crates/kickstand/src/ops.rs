@@ -61,7 +61,7 @@ pub async fn open_db(settings: &Settings) -> anyhow::Result<Db> {
                 .with_context(|| format!("cannot open the ops database {}", path.display()))
         }
         OpsStoreKind::Postgres => {
-            let mut pg = settings.fleet.postgres.clone();
+            let mut pg = settings.fleet.postgres.connection();
             if !settings.ops.postgres_url.is_empty() {
                 pg.url = settings.ops.postgres_url.clone();
             }

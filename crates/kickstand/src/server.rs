@@ -139,9 +139,11 @@ pub async fn start_webhooks(
                     })?)
                 }
                 FleetStoreKind::Postgres => {
-                    let pg = &cfg.postgres;
-                    let tls =
-                        kickstand_engine::history::postgres::tls_if_required(pg, "fleet.postgres")?;
+                    let pg = cfg.postgres.connection();
+                    let tls = kickstand_engine::history::postgres::tls_if_required(
+                        &pg,
+                        "fleet.postgres",
+                    )?;
                     Arc::new(
                         PgWebhookStore::open(&pg.url, &pg.schema, tls)
                             .context("cannot open the webhook store in PostgreSQL")?,

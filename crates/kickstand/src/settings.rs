@@ -326,6 +326,13 @@ mod tests {
             assert!(format!("{e:#}").contains("fleet.postgres.url"), "{e:#}");
             jail.set_env("KICKSTAND_FLEET__STORE", "sqlite");
             assert!(Settings::load(None, Figment::new()).is_err());
+            jail.set_env("KICKSTAND_FLEET__STORE", "postgres");
+            jail.set_env("KICKSTAND_FLEET__POSTGRES__URL", "postgres://db/kickstand");
+            assert!(Settings::load(None, Figment::new()).is_ok());
+            // A history-only key under [fleet.postgres] is a mistake, not something to ignore.
+            jail.set_env("KICKSTAND_FLEET__POSTGRES__PARTITIONS_AHEAD_DAYS", "5");
+            let e = Settings::load(None, Figment::new()).unwrap_err();
+            assert!(format!("{e:#}").contains("partitions_ahead_days"), "{e:#}");
         });
     }
 

@@ -5,7 +5,7 @@ use super::sqlite::SqliteFleetStore;
 use super::{FleetError, FleetResult, FleetStore};
 use crate::history::postgres::PostgresConfig;
 use serde::{Deserialize, Serialize};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 /// Where geofences, fleet events and webhook subscriptions are kept.
@@ -24,9 +24,60 @@ pub enum FleetStoreKind {
 #[serde(deny_unknown_fields, default)]
 pub struct FleetConfig {
     pub store: FleetStoreKind,
-    /// Used when `store` is `postgres`: `url`, `schema`, `pool_size` and `ca_file` (TLS when
-    /// the URL says `sslmode=require`). The history-only keys of this table are ignored here.
-    pub postgres: PostgresConfig,
+    /// Used when `store` is `postgres`.
+    pub postgres: FleetPostgresConfig,
+}
+
+/// `[fleet.postgres]`: where the fleet store's schema is. Only the connection keys: the
+/// history's partition and compaction keys (`[history.postgres]`) are refused here rather than
+/// silently ignored.
+#[derive(Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FleetPostgresConfig {
+    /// Connection URL. Never logged (it may hold a password).
+    pub url: String,
+    /// Schema of the fleet and webhook tables; created at start-up when missing.
+    pub schema: String,
+    /// Connections in the pool.
+    pub pool_size: usize,
+    /// PEM file of the certificate authorities to trust when the URL says `sslmode=require`.
+    pub ca_file: Option<PathBuf>,
+}
+
+impl Default for FleetPostgresConfig {
+    fn default() -> Self {
+        let d = PostgresConfig::default();
+        FleetPostgresConfig {
+            url: d.url,
+            schema: d.schema,
+            pool_size: d.pool_size,
+            ca_file: d.ca_file,
+        }
+    }
+}
+
+impl std::fmt::Debug for FleetPostgresConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FleetPostgresConfig")
+            .field("url", &"<redacted>")
+            .field("schema", &self.schema)
+            .field("pool_size", &self.pool_size)
+            .field("ca_file", &self.ca_file)
+            .finish()
+    }
+}
+
+impl FleetPostgresConfig {
+    /// The connection settings in the form the PostgreSQL stores take.
+    pub fn connection(&self) -> PostgresConfig {
+        PostgresConfig {
+            url: self.url.clone(),
+            schema: self.schema.clone(),
+            pool_size: self.pool_size,
+            ca_file: self.ca_file.clone(),
+            ..PostgresConfig::default()
+        }
+    }
 }
 
 impl FleetConfig {
@@ -71,6 +122,6 @@ pub fn open(config: &FleetConfig, data_dir: &Path) -> FleetResult<Arc<dyn FleetS
                 ))
             })?)
         }
-        FleetStoreKind::Postgres => Arc::new(PgFleetStore::open(&config.postgres)?),
+        FleetStoreKind::Postgres => Arc::new(PgFleetStore::open(&config.postgres.connection())?),
     })
 }

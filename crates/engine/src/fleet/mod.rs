@@ -22,7 +22,7 @@ mod tests;
 mod vindex;
 pub mod zones;
 
-pub use config::{FleetConfig, FleetStoreKind};
+pub use config::{FleetConfig, FleetPostgresConfig, FleetStoreKind};
 
 use kickstand_domain::event::{Event, EventKind};
 use kickstand_domain::zone::{Area, ZoneKind};
