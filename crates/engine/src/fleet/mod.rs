@@ -13,6 +13,7 @@
 //! stores its events once; sequence numbers only grow, so "everything after `seq`" never misses
 //! an event that was committed before the call.
 
+mod blocks;
 pub mod config;
 mod journal;
 pub mod postgres;

@@ -5,12 +5,14 @@
 //! appended and acked, even across a power cut; the writer thread moves journalled events into
 //! `fleet.db` in large batches off the ack path, and queries wait until it has caught up with
 //! every append made before them. Geofence writes go straight to `fleet.db` with
-//! `synchronous = FULL`.
+//! `synchronous = FULL`. Events are kept in blocks of up to 64 per row (see
+//! [`blocks`](super::blocks)), each stored once by its identity in `event_ids`.
 //!
 //! One connection writes (workers, the API's geofence changes) and one reads (queries), so a
 //! long query never waits for a write and the reverse. Schema versions are kept in
 //! `PRAGMA user_version` and applied in order at open.
 
+use super::blocks::{self, BlockEvent, Builder};
 use super::journal::{AppendError, Journal};
 use super::vindex::{self, VehicleIndex};
 use super::{EventQuery, FleetError, FleetResult, FleetStore, Geofence, StoredEvent};
@@ -27,7 +29,7 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::thread::JoinHandle;
 
 /// The migrations, in order; `PRAGMA user_version` is the number applied.
-const MIGRATIONS: &[&str] = &[
+pub(super) const MIGRATIONS: &[&str] = &[
     // 1: geofences and events.
     "CREATE TABLE geofences (
         id TEXT PRIMARY KEY,
@@ -64,6 +66,19 @@ const MIGRATIONS: &[&str] = &[
     // 3: events become durable in the journal first; the number of the last journal record
     // whose events are in this file.
     "INSERT INTO counters VALUES ('journal_indexed', 0);",
+    // 4: events in blocks (`blocks`), deduplicated by a compact identity table, trip ends kept
+    // per vehicle; `open` moves the rows of `events` into blocks and drops it.
+    "CREATE TABLE event_blocks (
+        first_seq INTEGER PRIMARY KEY,
+        last_seq INTEGER NOT NULL,
+        min_ts INTEGER NOT NULL,
+        max_ts INTEGER NOT NULL,
+        kinds INTEGER NOT NULL,
+        data BLOB NOT NULL
+    );
+    CREATE TABLE event_ids (ts INTEGER NOT NULL, h INTEGER NOT NULL, PRIMARY KEY (ts, h)) WITHOUT ROWID;
+    CREATE TABLE trip_ends (vehicle_id TEXT PRIMARY KEY, ts INTEGER NOT NULL) WITHOUT ROWID;
+    INSERT INTO counters VALUES ('event_seq', COALESCE((SELECT seq FROM sqlite_sequence WHERE name = 'events'), 0));",
 ];
 
 /// Events journalled and not yet in `fleet.db` above which appends wait (backpressure).
@@ -175,6 +190,9 @@ impl SqliteFleetStore {
             let tx = write.transaction().map_err(err)?;
             tx.execute_batch(sql)
                 .map_err(|e| err(format!("migration {}: {e}", i + 1)))?;
+            if i + 1 == 4 {
+                into_blocks(&tx).map_err(|e| err(format!("migration 4: {e}")))?;
+            }
             tx.pragma_update(None, "user_version", (i + 1) as i64)
                 .map_err(err)?;
             tx.commit().map_err(err)?;
@@ -423,8 +441,9 @@ fn ready(waiting: &BTreeMap<u64, Record>, indexed: u64) -> bool {
         .is_some_and(|(k, _)| *k == indexed + 1)
 }
 
-/// Inserts the records in one transaction with `last`, the number of the last of them, and
-/// returns the events that were new, for the vehicle index.
+/// Inserts the records in one transaction with `last`, the number of the last of them: each
+/// event not stored yet (by its identity in `event_ids`) gets the next sequence number and goes
+/// into a block. Returns the events that were new, for the vehicle index.
 fn insert_events<'a>(
     c: &mut Connection,
     batch: &'a [Record],
@@ -433,37 +452,60 @@ fn insert_events<'a>(
     let tx = c.transaction().map_err(err)?;
     let mut stored = Vec::new();
     {
-        let mut stmt = tx
-            .prepare_cached(
-                "INSERT INTO events (id, vehicle_id, kind, ts, zone_id, from_state, to_state, recorded_at, body)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
-                 ON CONFLICT (ts, vehicle_id, kind, zone_id) DO NOTHING",
+        let mut seq: u64 = tx
+            .query_row(
+                "SELECT value FROM counters WHERE name = 'event_seq'",
+                [],
+                |r| r.get::<_, i64>(0),
             )
+            .map_err(err)? as u64;
+        let mut new_id = tx
+            .prepare_cached("INSERT INTO event_ids (ts, h) VALUES (?1, ?2) ON CONFLICT DO NOTHING")
             .map_err(err)?;
+        let mut trip_end = tx.prepare_cached(TRIP_END).map_err(err)?;
+        let mut block = Builder::default();
         for Record { rows, recorded_at } in batch {
             for r in rows {
-                let inserted = stmt
-                    .execute(params![
-                        r.id,
-                        r.vehicle_id,
-                        r.kind,
-                        r.ts,
-                        r.zone_id,
-                        r.from_state,
-                        r.to_state,
-                        recorded_at,
-                        r.body
-                    ])
-                    .map_err(err)?;
-                if inserted == 1 {
-                    stored.push(vindex::Entry {
-                        seq: tx.last_insert_rowid() as u64,
-                        vehicle_id: &r.vehicle_id,
-                        is_state: is_state_kind(r.kind),
-                    });
+                if new_id
+                    .execute(params![r.ts, blocks::identity(&r.id)])
+                    .map_err(err)?
+                    == 0
+                {
+                    continue;
                 }
+                seq += 1;
+                let kind = EventKind::parse(r.kind).unwrap_or(EventKind::StateChanged);
+                block.push(&BlockEvent {
+                    seq,
+                    ts: r.ts,
+                    recorded_at: *recorded_at,
+                    kind,
+                    vehicle: &r.vehicle_id,
+                    zone: &r.zone_id,
+                    body: &r.body,
+                });
+                if block.is_full() {
+                    put_block(&tx, &mut block)?;
+                }
+                if r.kind == EventKind::StateChanged.as_str()
+                    && r.from_state == Some(VehicleState::OnTrip.as_str())
+                    && r.to_state != Some(VehicleState::OnTrip.as_str())
+                {
+                    trip_end.execute(params![r.vehicle_id, r.ts]).map_err(err)?;
+                }
+                stored.push(vindex::Entry {
+                    seq,
+                    vehicle_id: &r.vehicle_id,
+                    is_state: is_state_kind(r.kind),
+                });
             }
         }
+        put_block(&tx, &mut block)?;
+        tx.execute(
+            "UPDATE counters SET value = ?1 WHERE name = 'event_seq'",
+            [seq as i64],
+        )
+        .map_err(err)?;
         tx.execute(
             "UPDATE counters SET value = ?1 WHERE name = 'journal_indexed'",
             [last as i64],
@@ -472,6 +514,94 @@ fn insert_events<'a>(
     }
     tx.commit().map_err(err)?;
     Ok(stored)
+}
+
+/// Keeps the newest trip end of each vehicle.
+const TRIP_END: &str = "INSERT INTO trip_ends (vehicle_id, ts) VALUES (?1, ?2)
+     ON CONFLICT (vehicle_id) DO UPDATE SET ts = max(ts, excluded.ts)";
+
+/// Writes the block being filled (nothing when it is empty) and empties it.
+fn put_block(c: &Connection, b: &mut Builder) -> FleetResult<()> {
+    if b.count == 0 {
+        return Ok(());
+    }
+    c.prepare_cached(
+        "INSERT INTO event_blocks (first_seq, last_seq, min_ts, max_ts, kinds, data)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+    )
+    .map_err(err)?
+    .execute(params![
+        b.first_seq as i64,
+        b.last_seq as i64,
+        b.min_ts,
+        b.max_ts,
+        b.kinds,
+        b.data
+    ])
+    .map_err(err)?;
+    b.clear();
+    Ok(())
+}
+
+/// Migration 4: the rows of `events` into blocks (same sequence numbers), their identities and
+/// trip ends into their tables; then `events` goes.
+fn into_blocks(tx: &rusqlite::Transaction<'_>) -> FleetResult<()> {
+    let mut block = Builder::default();
+    let mut rows = tx
+        .prepare(
+            "SELECT seq, id, vehicle_id, kind, ts, zone_id, from_state, to_state, recorded_at, body
+             FROM events ORDER BY seq",
+        )
+        .map_err(err)?;
+    let mut rows = rows.query([]).map_err(err)?;
+    let mut new_id = tx
+        .prepare("INSERT INTO event_ids (ts, h) VALUES (?1, ?2) ON CONFLICT DO NOTHING")
+        .map_err(err)?;
+    let mut trip_end = tx.prepare(TRIP_END).map_err(err)?;
+    while let Some(r) = rows.next().map_err(err)? {
+        let row = || -> rusqlite::Result<_> {
+            Ok((
+                r.get::<_, i64>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, String>(2)?,
+                r.get::<_, String>(3)?,
+                r.get::<_, i64>(4)?,
+                r.get::<_, String>(5)?,
+                r.get::<_, Option<String>>(6)?,
+                r.get::<_, Option<String>>(7)?,
+                r.get::<_, i64>(8)?,
+                r.get::<_, String>(9)?,
+            ))
+        };
+        let (seq, id, vehicle, kind, ts, zone, from, to, recorded_at, body) = row().map_err(err)?;
+        let Some(kind) = EventKind::parse(&kind) else {
+            continue;
+        };
+        new_id
+            .execute(params![ts, blocks::identity(&id)])
+            .map_err(err)?;
+        if kind == EventKind::StateChanged
+            && from.as_deref() == Some(VehicleState::OnTrip.as_str())
+            && to.as_deref() != Some(VehicleState::OnTrip.as_str())
+        {
+            trip_end.execute(params![vehicle, ts]).map_err(err)?;
+        }
+        block.push(&BlockEvent {
+            seq: seq as u64,
+            ts,
+            recorded_at,
+            kind,
+            vehicle: &vehicle,
+            zone: &zone,
+            body: &body,
+        });
+        if block.is_full() {
+            put_block(tx, &mut block)?;
+        }
+    }
+    put_block(tx, &mut block)?;
+    drop((rows, new_id, trip_end));
+    tx.execute_batch("DROP TABLE events;").map_err(err)
 }
 
 /// Puts the journal records found at open into `fleet.db` (and the vehicle index); returns
@@ -537,34 +667,50 @@ fn is_state_kind(kind: &str) -> bool {
 
 /// Indexes the events the vehicle index does not hold yet (all of them for a new index).
 fn catch_up(c: &Connection, index: &VehicleIndex) -> FleetResult<()> {
-    let mut after = index.indexed()?;
+    let after = index.indexed()?;
     let mut stmt = c
-        .prepare_cached(
-            "SELECT seq, vehicle_id, kind FROM events WHERE seq > ?1 ORDER BY seq LIMIT 10000",
-        )
+        .prepare_cached("SELECT data FROM event_blocks WHERE last_seq > ?1 ORDER BY first_seq")
         .map_err(err)?;
-    loop {
-        let rows: Vec<(u64, String, String)> = stmt
-            .query_map([after as i64], |r| {
-                Ok((r.get::<_, i64>(0)? as u64, r.get(1)?, r.get(2)?))
-            })
-            .map_err(err)?
-            .collect::<Result<_, _>>()
-            .map_err(err)?;
-        let Some(last) = rows.last() else {
-            return Ok(());
-        };
-        after = last.0;
-        let entries: Vec<_> = rows
-            .iter()
-            .map(|(seq, v, kind)| vindex::Entry {
-                seq: *seq,
-                vehicle_id: v,
-                is_state: is_state_kind(kind),
-            })
-            .collect();
-        index.add(&entries)?;
+    let mut rows = stmt.query([after as i64]).map_err(err)?;
+    let mut datas = Vec::new();
+    while let Some(r) = rows.next().map_err(err)? {
+        datas.push(r.get::<_, Vec<u8>>(0).map_err(err)?);
+        if datas.len() >= 256 {
+            index_blocks(index, &datas, after)?;
+            datas.clear();
+        }
     }
+    index_blocks(index, &datas, after)
+}
+
+fn index_blocks(index: &VehicleIndex, datas: &[Vec<u8>], after: u64) -> FleetResult<()> {
+    let mut entries = Vec::new();
+    for data in datas {
+        for e in decode(data)? {
+            if e.seq > after {
+                entries.push(vindex::Entry {
+                    seq: e.seq,
+                    vehicle_id: e.vehicle,
+                    is_state: is_state_kind(e.kind.as_str()),
+                });
+            }
+        }
+    }
+    index.add(&entries)
+}
+
+fn decode(data: &[u8]) -> FleetResult<Vec<BlockEvent<'_>>> {
+    blocks::decode(data).ok_or_else(|| err("an event block in fleet.db is unreadable"))
+}
+
+fn stored_of(e: &BlockEvent<'_>) -> FleetResult<StoredEvent> {
+    let event: Event = serde_json::from_str(e.body)
+        .map_err(|x| err(format!("event {} is unreadable: {x}", e.seq)))?;
+    Ok(StoredEvent {
+        seq: e.seq,
+        recorded_at: e.recorded_at,
+        event,
+    })
 }
 
 /// Copies WAL pages back to the database file every `CHECKPOINT_EVERY` (`PASSIVE`: never waits
@@ -618,21 +764,6 @@ fn checked(row: (Geofence, bool)) -> FleetResult<Geofence> {
 }
 
 const GEOFENCE_COLUMNS: &str = "id, name, kind, max_speed_kmh, geometry, created_at, updated_at";
-
-fn event_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<(u64, i64, String)> {
-    Ok((r.get::<_, i64>(0)? as u64, r.get(1)?, r.get(2)?))
-}
-
-fn stored(row: (u64, i64, String)) -> FleetResult<StoredEvent> {
-    let (seq, recorded_at, body) = row;
-    let event: Event =
-        serde_json::from_str(&body).map_err(|e| err(format!("event {seq} is unreadable: {e}")))?;
-    Ok(StoredEvent {
-        seq,
-        recorded_at,
-        event,
-    })
-}
 
 impl FleetStore for SqliteFleetStore {
     fn put_geofence(&self, g: &Geofence) -> FleetResult<()> {
@@ -791,9 +922,11 @@ impl FleetStore for SqliteFleetStore {
     fn event_head(&self) -> FleetResult<u64> {
         self.settle();
         let c = self.read.lock();
-        c.query_row("SELECT COALESCE(MAX(seq), 0) FROM events", [], |r| {
-            r.get::<_, i64>(0)
-        })
+        c.query_row(
+            "SELECT value FROM counters WHERE name = 'event_seq'",
+            [],
+            |r| r.get::<_, i64>(0),
+        )
         .map(|v| v as u64)
         .map_err(err)
     }
@@ -801,18 +934,48 @@ impl FleetStore for SqliteFleetStore {
     fn drop_events_before(&self, ts: i64) -> FleetResult<usize> {
         let index = self.index.clone();
         self.write(move |tx| {
-            let n = tx
-                .execute("DELETE FROM events WHERE ts < ?1", [ts])
+            // Blocks wholly older go; a block that straddles the cutoff keeps its newer events.
+            let mut dropped = 0;
+            let old: Vec<(i64, i64, Vec<u8>)> = {
+                let mut stmt = tx
+                    .prepare("SELECT first_seq, max_ts, data FROM event_blocks WHERE min_ts < ?1")
+                    .map_err(err)?;
+                stmt.query_map([ts], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+                    .map_err(err)?
+                    .collect::<Result<_, _>>()
+                    .map_err(err)?
+            };
+            for (first_seq, max_ts, data) in old {
+                let events = decode(&data)?;
+                tx.execute("DELETE FROM event_blocks WHERE first_seq = ?1", [first_seq])
+                    .map_err(err)?;
+                if max_ts < ts {
+                    dropped += events.len();
+                    continue;
+                }
+                let mut kept = Builder::default();
+                for e in &events {
+                    if e.ts < ts {
+                        dropped += 1;
+                    } else {
+                        kept.push(e);
+                    }
+                }
+                put_block(tx, &mut kept)?;
+            }
+            tx.execute("DELETE FROM event_ids WHERE ts < ?1", [ts])
                 .map_err(err)?;
-            if n > 0 {
+            tx.execute("DELETE FROM trip_ends WHERE ts < ?1", [ts])
+                .map_err(err)?;
+            if dropped > 0 {
                 let min: Option<i64> = tx
-                    .query_row("SELECT MIN(seq) FROM events", [], |r| r.get(0))
+                    .query_row("SELECT MIN(first_seq) FROM event_blocks", [], |r| r.get(0))
                     .map_err(err)?;
                 // Everything below the oldest kept event goes (all of it when none is left:
                 // sequence numbers never go back).
                 index.drop_below(min.map_or(u64::MAX, |m| m as u64))?;
             }
-            Ok(n)
+            Ok(dropped)
         })
     }
 
@@ -820,10 +983,7 @@ impl FleetStore for SqliteFleetStore {
         self.settle();
         let c = self.read.lock();
         let mut stmt = c
-            .prepare_cached(
-                "SELECT vehicle_id, MAX(ts) FROM events
-                 WHERE kind = 'state_changed' AND from_state = 'on_trip' GROUP BY vehicle_id",
-            )
+            .prepare_cached("SELECT vehicle_id, ts FROM trip_ends")
             .map_err(err)?;
         let rows = stmt
             .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))
@@ -847,20 +1007,56 @@ impl FleetStore for SqliteFleetStore {
             }
         }
         let c = self.read.lock();
-        let mut stmt = c
-            .prepare_cached("SELECT seq, recorded_at, body FROM events WHERE seq = ?1")
-            .map_err(err)?;
         let mut out = Vec::new();
+        let mut finder = BlockFinder::default();
         for seq in seqs {
-            let row = stmt
-                .query_row([seq as i64], event_from_row)
-                .optional()
-                .map_err(err)?;
-            if let Some(row) = row {
-                out.push(stored(row)?.event);
+            if let Some(e) = finder.find(&c, seq)? {
+                out.push(e.event);
             }
         }
         Ok(out)
+    }
+}
+
+/// Finds events by sequence number, keeping the last block read (a vehicle's events are often
+/// near each other).
+#[derive(Default)]
+struct BlockFinder {
+    first: u64,
+    last: u64,
+    data: Vec<u8>,
+}
+
+impl BlockFinder {
+    fn find(&mut self, c: &Connection, seq: u64) -> FleetResult<Option<StoredEvent>> {
+        if !self.load(c, seq)? {
+            return Ok(None);
+        }
+        let events = decode(&self.data)?;
+        match events.binary_search_by_key(&seq, |e| e.seq) {
+            Ok(i) => stored_of(&events[i]).map(Some),
+            Err(_) => Ok(None),
+        }
+    }
+
+    /// Makes `data` the block that would hold `seq`; `false` when none does.
+    fn load(&mut self, c: &Connection, seq: u64) -> FleetResult<bool> {
+        if self.data.is_empty() || seq < self.first || seq > self.last {
+            let row: Option<(i64, i64, Vec<u8>)> = c
+                .prepare_cached(
+                    "SELECT first_seq, last_seq, data FROM event_blocks
+                     WHERE first_seq <= ?1 ORDER BY first_seq DESC LIMIT 1",
+                )
+                .map_err(err)?
+                .query_row([seq as i64], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+                .optional()
+                .map_err(err)?;
+            let Some((first, last, data)) = row else {
+                return Ok(false);
+            };
+            (self.first, self.last, self.data) = (first as u64, last as u64, data);
+        }
+        Ok(seq <= self.last)
     }
 }
 
@@ -871,75 +1067,89 @@ impl SqliteFleetStore {
     /// Events matching `q` (its vehicle aside), limited to the sequence numbers `only` when
     /// given.
     fn query_events(&self, q: &EventQuery, only: Option<&[u64]>) -> FleetResult<Vec<StoredEvent>> {
-        let mut sql = String::from("SELECT seq, recorded_at, body FROM events WHERE seq > ?1");
-        let mut args: Vec<rusqlite::types::Value> = vec![(q.after_seq as i64).into()];
-        let mut arg = |sql: &mut String, clause: &str, v: rusqlite::types::Value| {
-            args.push(v);
-            sql.push_str(&clause.replace('?', &format!("?{}", args.len())));
+        let limit = q.limit.max(1);
+        let matches = |e: &BlockEvent<'_>| {
+            e.seq > q.after_seq
+                && q.vehicle_id
+                    .as_ref()
+                    .is_none_or(|v| v.as_str() == e.vehicle)
+                && q.zone_id.as_deref().is_none_or(|z| z == e.zone)
+                && q.from.is_none_or(|from| e.ts >= from)
+                && q.to.is_none_or(|to| e.ts < to)
+                && (q.kinds.is_empty() || q.kinds.contains(&e.kind))
         };
-        if let Some(seqs) = only {
-            // Integers from the index, written into the statement (no text from a request).
-            sql.push_str(" AND seq IN (");
-            for (i, s) in seqs.iter().enumerate() {
-                if i > 0 {
-                    sql.push(',');
-                }
-                sql.push_str(&s.to_string());
-            }
-            sql.push(')');
-        }
-        if let Some(z) = &q.zone_id {
-            arg(&mut sql, " AND zone_id = ?", z.clone().into());
-        }
-        if let Some(from) = q.from {
-            arg(&mut sql, " AND ts >= ?", from.into());
-        }
-        if let Some(to) = q.to {
-            arg(&mut sql, " AND ts < ?", to.into());
-        }
-        if !q.kinds.is_empty() {
-            sql.push_str(" AND kind IN (");
-            for (i, k) in q.kinds.iter().enumerate() {
-                if i > 0 {
-                    sql.push(',');
-                }
-                arg(&mut sql, "?", k.as_str().to_owned().into());
-            }
-            sql.push(')');
-        }
-        sql.push_str(" ORDER BY seq LIMIT ");
-        sql.push_str(&q.limit.max(1).to_string());
         let c = self.read.lock();
-        let run = |stmt: &mut rusqlite::Statement<'_>| -> FleetResult<Vec<StoredEvent>> {
-            let rows = stmt
-                .query_map(rusqlite::params_from_iter(args), event_from_row)
-                .map_err(err)?;
-            let mut out = Vec::new();
-            for row in rows {
-                out.push(stored(row.map_err(err)?)?);
+        let mut out = Vec::new();
+        if let Some(seqs) = only {
+            let mut finder = BlockFinder::default();
+            for &seq in seqs {
+                if out.len() >= limit {
+                    break;
+                }
+                // Read the block once for all the sequence numbers in it.
+                if !finder.load(&c, seq)? {
+                    continue;
+                }
+                let events = decode(&finder.data)?;
+                if let Ok(i) = events.binary_search_by_key(&seq, |e| e.seq)
+                    && matches(&events[i])
+                {
+                    out.push(stored_of(&events[i])?);
+                }
             }
-            Ok(out)
-        };
-        // A statement with sequence numbers written in is used once: not cached.
-        if only.is_some() {
-            run(&mut c.prepare(&sql).map_err(err)?)
-        } else {
-            run(&mut *c.prepare_cached(&sql).map_err(err)?)
+            return Ok(out);
         }
+        // Blocks by sequence number, skipping those whose times or kinds cannot match.
+        let mask: i64 = q
+            .kinds
+            .iter()
+            .map(|k| blocks::kind_bit(*k))
+            .fold(0, |a, b| a | b);
+        let mut stmt = c
+            .prepare_cached(
+                "SELECT data FROM event_blocks
+                 WHERE first_seq >= COALESCE((SELECT MAX(first_seq) FROM event_blocks WHERE first_seq <= ?1), 0)
+                   AND last_seq > ?1 AND max_ts >= ?2 AND min_ts < ?3 AND (?4 = 0 OR kinds & ?4 != 0)
+                 ORDER BY first_seq",
+            )
+            .map_err(err)?;
+        let mut rows = stmt
+            .query(params![
+                q.after_seq as i64,
+                q.from.unwrap_or(i64::MIN),
+                q.to.unwrap_or(i64::MAX),
+                mask
+            ])
+            .map_err(err)?;
+        while let Some(r) = rows.next().map_err(err)? {
+            let data = r.get_ref(0).map_err(err)?.as_blob().map_err(err)?;
+            for e in decode(data)? {
+                if matches(&e) {
+                    out.push(stored_of(&e)?);
+                    if out.len() >= limit {
+                        return Ok(out);
+                    }
+                }
+            }
+        }
+        Ok(out)
     }
 }
 
 impl SqliteFleetStore {
-    /// The kinds stored, for tests and diagnostics.
+    /// Events of `kind` stored, for tests and diagnostics.
     pub fn count_events(&self, kind: EventKind) -> FleetResult<u64> {
         self.settle();
         let c = self.read.lock();
-        c.query_row(
-            "SELECT COUNT(*) FROM events WHERE kind = ?1",
-            [kind.as_str()],
-            |r| r.get::<_, i64>(0),
-        )
-        .map(|v| v as u64)
-        .map_err(err)
+        let mut stmt = c
+            .prepare_cached("SELECT data FROM event_blocks WHERE kinds & ?1 != 0")
+            .map_err(err)?;
+        let mut rows = stmt.query([blocks::kind_bit(kind)]).map_err(err)?;
+        let mut n = 0;
+        while let Some(r) = rows.next().map_err(err)? {
+            let data = r.get_ref(0).map_err(err)?.as_blob().map_err(err)?;
+            n += decode(data)?.iter().filter(|e| e.kind == kind).count() as u64;
+        }
+        Ok(n)
     }
 }

@@ -879,6 +879,79 @@ mod postgres_only {
     }
 }
 
+/// A `fleet.db` from before event blocks (schema 3: a row per event) is moved into blocks at
+/// open: the same events under the same sequence numbers, its trip ends, its identities (an
+/// event appended again is not stored twice), and new sequence numbers after the highest ever
+/// given, even one whose row retention removed.
+#[test]
+fn sqlite_schema_3_rows_move_into_blocks() {
+    use VehicleState::*;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("fleet.db");
+    let old = vec![
+        state("m1", T0, Some(Available), OnTrip),
+        ev("m1", EventKind::GeofenceEntered, T0 + 1, Some("z1")),
+        state("m1", T0 + MIN, Some(OnTrip), Available),
+        ev("m2", EventKind::BatteryLow, T0 + 2, None),
+    ];
+    {
+        let c = rusqlite::Connection::open(&path).unwrap();
+        for (i, sql) in super::sqlite::MIGRATIONS[..3].iter().enumerate() {
+            c.execute_batch(sql).unwrap();
+            c.pragma_update(None, "user_version", (i + 1) as i64)
+                .unwrap();
+        }
+        for (n, e) in old.iter().enumerate() {
+            c.execute(
+                "INSERT INTO events (seq, id, vehicle_id, kind, ts, zone_id, from_state, to_state, recorded_at, body)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+                rusqlite::params![
+                    (n as i64 + 1) * 10,
+                    e.id,
+                    e.vehicle_id.as_str(),
+                    e.kind.as_str(),
+                    e.ts,
+                    e.zone_id.clone().unwrap_or_default(),
+                    e.from_state.map(VehicleState::as_str),
+                    e.to_state.map(VehicleState::as_str),
+                    T0 + 5,
+                    serde_json::to_string(e).unwrap()
+                ],
+            )
+            .unwrap();
+        }
+        // Retention had removed the newest row: its number is never given again.
+        c.execute("INSERT INTO events (seq, id, vehicle_id, kind, ts, zone_id, recorded_at, body) VALUES (99, 'x', 'gone', 'stale', 1, '', 1, '{}')", []).unwrap();
+        c.execute("DELETE FROM events WHERE seq = 99", []).unwrap();
+    }
+    let store = SqliteFleetStore::open(&path).unwrap();
+    let stored = all(&store);
+    assert_eq!(
+        stored.iter().map(|e| e.seq).collect::<Vec<_>>(),
+        vec![10, 20, 30, 40]
+    );
+    assert_eq!(
+        stored.iter().map(|e| &e.event).collect::<Vec<_>>(),
+        old.iter().collect::<Vec<_>>()
+    );
+    assert!(stored.iter().all(|e| e.recorded_at == T0 + 5));
+    assert_eq!(store.last_trip_ends().unwrap(), vec![(vid("m1"), T0 + MIN)]);
+    assert_eq!(
+        by_vehicle(&store, &old[..1])[0].1.len(),
+        4,
+        "3 events and the last state"
+    );
+    store.append_events(&old, T0 + 6).unwrap();
+    assert_eq!(all(&store), stored);
+    let new = ev("m2", EventKind::BatteryRecovered, T0 + 3, None);
+    store
+        .append_events(std::slice::from_ref(&new), T0 + 7)
+        .unwrap();
+    let last = all(&store).pop().unwrap();
+    assert_eq!((last.seq, last.event), (100, new));
+    assert_eq!(store.event_head().unwrap(), 100);
+}
+
 /// Events are durable in the journal before `fleet.db` holds them: records a crash left
 /// unindexed are stored at the next open, once (with the events already stored skipped), and
 /// record numbers carry on after them.
