@@ -105,7 +105,8 @@ pub struct SqliteFleetStore {
 /// An event ready to insert: serialised by the caller's thread, so the one writer thread only
 /// runs SQLite.
 struct Row {
-    id: String,
+    /// The event's identity beside its `ts` ([`blocks::identity`] of its id).
+    h: i64,
     vehicle_id: String,
     kind: &'static str,
     ts: i64,
@@ -118,7 +119,7 @@ struct Row {
 impl Row {
     fn of(e: &Event, body: String) -> Row {
         Row {
-            id: e.id.clone(),
+            h: blocks::identity(&e.id),
             vehicle_id: e.vehicle_id.as_str().to_owned(),
             kind: e.kind.as_str(),
             ts: e.ts,
@@ -466,11 +467,7 @@ fn insert_events<'a>(
         let mut block = Builder::default();
         for Record { rows, recorded_at } in batch {
             for r in rows {
-                if new_id
-                    .execute(params![r.ts, blocks::identity(&r.id)])
-                    .map_err(err)?
-                    == 0
-                {
+                if new_id.execute(params![r.ts, r.h]).map_err(err)? == 0 {
                     continue;
                 }
                 seq += 1;

@@ -115,8 +115,13 @@ impl VehicleIndex {
             return Ok(());
         };
         let mut batch = self.db.batch();
+        // In key order: each insert searches the memtable near the previous one, in cache.
+        let mut keys: Vec<[u8; 16]> = entries.iter().map(|e| key(e.vehicle_id, e.seq)).collect();
+        keys.sort_unstable();
+        for k in keys {
+            batch.insert(&self.by_vehicle, k, []);
+        }
         for e in entries {
-            batch.insert(&self.by_vehicle, key(e.vehicle_id, e.seq), []);
             if e.is_state {
                 batch.insert(&self.last_state, e.vehicle_id, e.seq.to_be_bytes());
             }
