@@ -76,6 +76,8 @@ pub(super) const MIGRATIONS: &[&str] = &[
         kinds INTEGER NOT NULL,
         data BLOB NOT NULL
     );
+    -- Retention finds the blocks it must drop or cut without reading every block.
+    CREATE INDEX event_blocks_min_ts ON event_blocks (min_ts);
     CREATE TABLE event_ids (ts INTEGER NOT NULL, h INTEGER NOT NULL, PRIMARY KEY (ts, h)) WITHOUT ROWID;
     CREATE TABLE trip_ends (vehicle_id TEXT PRIMARY KEY, ts INTEGER NOT NULL) WITHOUT ROWID;
     INSERT INTO counters VALUES ('event_seq', COALESCE((SELECT seq FROM sqlite_sequence WHERE name = 'events'), 0));",
@@ -662,12 +664,17 @@ fn is_state_kind(kind: &str) -> bool {
     kind == EventKind::StateChanged.as_str() || kind == EventKind::Stale.as_str()
 }
 
+/// The blocks that hold events above `?1`, in order: from the block that holds `?1` on, by the
+/// primary key (blocks never overlap), not by a scan of every block.
+const AFTER_SEQ: &str = "SELECT data FROM event_blocks
+     WHERE first_seq >= COALESCE((SELECT MAX(first_seq) FROM event_blocks WHERE first_seq <= ?1), 0)
+       AND last_seq > ?1
+     ORDER BY first_seq";
+
 /// Indexes the events the vehicle index does not hold yet (all of them for a new index).
 fn catch_up(c: &Connection, index: &VehicleIndex) -> FleetResult<()> {
     let after = index.indexed()?;
-    let mut stmt = c
-        .prepare_cached("SELECT data FROM event_blocks WHERE last_seq > ?1 ORDER BY first_seq")
-        .map_err(err)?;
+    let mut stmt = c.prepare_cached(AFTER_SEQ).map_err(err)?;
     let mut rows = stmt.query([after as i64]).map_err(err)?;
     let mut datas = Vec::new();
     while let Some(r) = rows.next().map_err(err)? {
