@@ -26,6 +26,11 @@ pub struct EventsBenchArgs {
     /// Geofences loaded for the events phase.
     #[arg(long, default_value_t = 10_000)]
     events_geofences: usize,
+    /// Rounds of events off then events on, each on a fresh server; the ratio reported is the
+    /// median of the rounds' ratios (the host's speed drifts between runs, so one pair of
+    /// phases says little).
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=20))]
+    events_rounds: u32,
 }
 
 const M_PER_DEG_LAT: f64 = 111_195.0;
@@ -208,13 +213,15 @@ pub async fn events_phase(
     let geofences = city_geofences(args.events_geofences);
     let (zone_ns, zones_per_fix) = zone_test_ns(&geofences, &fixes);
 
-    let mut rates = Vec::new();
-    for (name, watch) in [
-        ("no_watch", None),
-        ("events_off", Some((false, &geofences[..]))),
-        ("events_on", Some((true, &geofences[..]))),
-    ] {
-        let dir = tmp.join(format!("events-{name}"));
+    // no_watch once; then events off and on, alternately, `events_rounds` times.
+    let mut phases = vec![("no_watch", None)];
+    for _ in 0..args.events_rounds {
+        phases.push(("events_off", Some((false, &geofences[..]))));
+        phases.push(("events_on", Some((true, &geofences[..]))));
+    }
+    let mut rates: std::collections::HashMap<&str, Vec<f64>> = Default::default();
+    for (i, (name, watch)) in phases.into_iter().enumerate() {
+        let dir = tmp.join(format!("events-{i}-{name}"));
         std::fs::create_dir_all(&dir)?;
         let (r, events, settle) = run_one(
             &dir,
@@ -225,6 +232,7 @@ pub async fn events_phase(
             connections,
         )
         .await?;
+        let _ = std::fs::remove_dir_all(&dir);
         // Until the last event is queryable, not only until the last ack.
         let rate = r.accepted as f64 / (r.elapsed + settle).as_secs_f64();
         eprintln!(
@@ -249,8 +257,33 @@ pub async fn events_phase(
                 json!((events as f64 * 1000.0 / r.accepted.max(1) as f64 * 10.0).round() / 10.0),
             );
         }
-        rates.push(rate);
+        rates.entry(name).or_default().push(rate);
     }
+    let median = |v: &[f64]| {
+        let mut v = v.to_vec();
+        v.sort_by(f64::total_cmp);
+        if v.is_empty() {
+            0.0
+        } else if v.len() % 2 == 1 {
+            v[v.len() / 2]
+        } else {
+            (v[v.len() / 2 - 1] + v[v.len() / 2]) / 2.0
+        }
+    };
+    let (off, on) = (&rates["events_off"], &rates["events_on"]);
+    let ratios: Vec<f64> = off.iter().zip(on).map(|(off, on)| on / off).collect();
+    let round3 = |x: f64| (x * 1000.0).round() / 1000.0;
+    for (name, v) in &rates {
+        // With several rounds, a phase's figure is its median.
+        figures.insert(
+            format!("events_{name}_points_per_s"),
+            json!(median(v).round()),
+        );
+    }
+    figures.insert(
+        "events_on_vs_off_rounds".into(),
+        json!(ratios.iter().map(|r| round3(*r)).collect::<Vec<_>>()),
+    );
     figures.insert("events_geofences".into(), json!(args.events_geofences));
     figures.insert(
         "events_zone_test_ns_per_fix".into(),
@@ -260,13 +293,10 @@ pub async fn events_phase(
         "events_zones_per_fix".into(),
         json!((zones_per_fix * 1000.0).round() / 1000.0),
     );
-    figures.insert(
-        "events_on_vs_off".into(),
-        json!(((rates[2] / rates[1]) * 1000.0).round() / 1000.0),
-    );
+    figures.insert("events_on_vs_off".into(), json!(round3(median(&ratios))));
     figures.insert(
         "events_on_vs_no_watch".into(),
-        json!(((rates[2] / rates[0]) * 1000.0).round() / 1000.0),
+        json!(round3(median(on) / median(&rates["no_watch"]))),
     );
     Ok(())
 }
