@@ -543,6 +543,9 @@ impl Runner {
             status = status.as_str(),
             duration_ms = finished_at - outcome.1,
         );
+        // The process is gone: its slot is free before the run reads as ended, so a client that
+        // waits for the end and starts again is never refused for this run.
+        drop(slot);
         let mut stored = false;
         for attempt in 0..5u32 {
             let audit = Audit {
@@ -585,7 +588,6 @@ impl Runner {
         live.output
             .close(serde_json::to_string(&end).expect("a run serializes"));
         self.live.lock().remove(&run.id);
-        drop(slot);
     }
 
     /// The working directory and what to start; an error becomes a failed run.

@@ -332,7 +332,8 @@ async fn output_streams_while_running_then_cancel_and_limits(store: Store) {
         .await
         .unwrap();
     assert_eq!(r.status(), 409);
-    // The slot is free again; the ended run's output replays from the store.
+    // The slot is free again as soon as the run reads as ended (it is given back before the
+    // end is recorded); the ended run's output replays from the store.
     let (status, again) = h.start_run("slow", json!({"args": {"n": "3"}})).await;
     assert_eq!(status, 202, "{again}");
     let replay = h
