@@ -120,20 +120,21 @@ pub fn run(
                     // from history when it comes back empty.
                     tracing::warn!(message = "latest state not updated", %error);
                 }
+                // Counted before anyone is answered: a client that reads the metrics after its
+                // ack finds its fixes in them.
+                let accepted_all = is_new.iter().filter(|n| **n).count() as u64;
+                metrics::counter!(crate::metrics::INGEST_ACCEPTED_TOTAL).increment(accepted_all);
+                metrics::counter!(crate::metrics::INGEST_DUPLICATES_TOTAL)
+                    .increment(is_new.len() as u64 - accepted_all);
                 let mut at = 0;
-                let (mut accepted_all, mut dup_all) = (0u64, 0u64);
                 for (b, size) in group.drain(..).zip(&sizes) {
                     let accepted = is_new[at..at + size].iter().filter(|n| **n).count();
                     at += size;
-                    accepted_all += accepted as u64;
-                    dup_all += (size - accepted) as u64;
                     let _ = b.reply.send(Ok(SubmitOutcome {
                         accepted,
                         duplicates: size - accepted,
                     }));
                 }
-                metrics::counter!(crate::metrics::INGEST_ACCEPTED_TOTAL).increment(accepted_all);
-                metrics::counter!(crate::metrics::INGEST_DUPLICATES_TOTAL).increment(dup_all);
             }
             Err(error) => {
                 tracing::error!(message = "history append failed", %error);
