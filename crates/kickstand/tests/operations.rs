@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{Server, client, get_json_with_key, now_ms};
+use common::{Server, client, get_json, get_json_with_key, now_ms};
 use serde_json::{Value, json};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -419,14 +419,7 @@ async fn the_scheduler_runs_a_script_and_the_cli_sends_runs_and_lists() {
     assert_eq!(ids, vec!["a-3", "a-2", "a-4"], "{csv}");
 
     // The API's document describes the operations routes too, behind a key.
-    let doc: Value = c
-        .get(server.url("/api/v1/openapi.json"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let doc = get_json(&c, &server.url("/api/v1/openapi.json")).await;
     for path in [
         "/api/v1/messages",
         "/api/v1/templates/{name}",

@@ -110,11 +110,11 @@ struct Row {
     /// The event's identity beside its `ts` ([`blocks::identity`] of its id).
     h: i64,
     vehicle_id: String,
-    kind: &'static str,
+    kind: EventKind,
     ts: i64,
     zone_id: String,
-    from_state: Option<&'static str>,
-    to_state: Option<&'static str>,
+    /// A `state_changed` away from `on_trip` ([`super::ends_trip`]).
+    ends_trip: bool,
     body: String,
 }
 
@@ -123,11 +123,10 @@ impl Row {
         Row {
             h: blocks::identity(&e.id),
             vehicle_id: e.vehicle_id.as_str().to_owned(),
-            kind: e.kind.as_str(),
+            kind: e.kind,
             ts: e.ts,
             zone_id: e.zone_id.clone().unwrap_or_default(),
-            from_state: e.from_state.map(VehicleState::as_str),
-            to_state: e.to_state.map(VehicleState::as_str),
+            ends_trip: super::ends_trip(e),
             body,
         }
     }
@@ -473,12 +472,11 @@ fn insert_events<'a>(
                     continue;
                 }
                 seq += 1;
-                let kind = EventKind::parse(r.kind).unwrap_or(EventKind::StateChanged);
                 block.push(&BlockEvent {
                     seq,
                     ts: r.ts,
                     recorded_at: *recorded_at,
-                    kind,
+                    kind: r.kind,
                     vehicle: &r.vehicle_id,
                     zone: &r.zone_id,
                     body: &r.body,
@@ -486,10 +484,7 @@ fn insert_events<'a>(
                 if block.is_full() {
                     put_block(&tx, &mut block)?;
                 }
-                if r.kind == EventKind::StateChanged.as_str()
-                    && r.from_state == Some(VehicleState::OnTrip.as_str())
-                    && r.to_state != Some(VehicleState::OnTrip.as_str())
-                {
+                if r.ends_trip {
                     trip_end.execute(params![r.vehicle_id, r.ts]).map_err(err)?;
                 }
                 stored.push(vindex::Entry {
@@ -660,8 +655,8 @@ fn replay(
     Ok(Some(last))
 }
 
-fn is_state_kind(kind: &str) -> bool {
-    kind == EventKind::StateChanged.as_str() || kind == EventKind::Stale.as_str()
+fn is_state_kind(kind: EventKind) -> bool {
+    matches!(kind, EventKind::StateChanged | EventKind::Stale)
 }
 
 /// The blocks that hold events above `?1`, in order: from the block that holds `?1` on, by the
@@ -695,7 +690,7 @@ fn index_blocks(index: &VehicleIndex, datas: &[Vec<u8>], after: u64) -> FleetRes
                 entries.push(vindex::Entry {
                     seq: e.seq,
                     vehicle_id: e.vehicle,
-                    is_state: is_state_kind(e.kind.as_str()),
+                    is_state: is_state_kind(e.kind),
                 });
             }
         }
