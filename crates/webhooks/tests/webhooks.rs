@@ -281,6 +281,11 @@ async fn failing_receiver_gets_every_event_in_order_signed_with_retries_per_poli
     let (handle, task, stop) = rig.start();
     handle.notify();
     until(20, "4 deliveries", || rx.delivered_ids().len() == 4).await;
+    // The receiver answers before the dispatcher records that answer: wait for the record.
+    until(5, "the last delivery recorded", || {
+        rig.sub(&sub.id).cursor == 4
+    })
+    .await;
 
     // Every event, in order, each once delivered.
     let want: Vec<String> = events.iter().map(|e| e.id.clone()).collect();
