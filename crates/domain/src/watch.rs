@@ -198,6 +198,20 @@ pub struct ZoneRef {
     pub kind: ZoneKind,
     /// `slow_zone`: the limit in 0.1 km/h.
     pub limit_dkmh: Option<u16>,
+    /// [`id_hash`] of `id`, computed once: the watch compares a fix's zones with the previous
+    /// fix's by these, without reading each id's text (a cache miss per zone per fix).
+    sig: u64,
+}
+
+impl ZoneRef {
+    pub fn new(id: Arc<str>, kind: ZoneKind, limit_dkmh: Option<u16>) -> ZoneRef {
+        ZoneRef {
+            sig: id_hash(&id),
+            id,
+            kind,
+            limit_dkmh,
+        }
+    }
 }
 
 /// The state machine of one vehicle.
@@ -510,19 +524,22 @@ impl VehicleWatch {
 /// the same size share a signature with a probability of about 2⁻⁶⁴. A zone listed twice
 /// changes the signature, which only costs the caller a rebuild of its sorted ids.
 fn zone_sig(zones: &[&ZoneRef]) -> u64 {
-    zones.iter().fold(0u64, |acc, z| {
-        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-        for b in z.id.as_bytes() {
-            h = (h ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3);
-        }
-        // The finaliser of MurmurHash3, so that sums of related ids do not collide.
-        h ^= h >> 33;
-        h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
-        h ^= h >> 33;
-        h = h.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
-        h ^= h >> 33;
-        acc.wrapping_add(h)
-    })
+    zones.iter().fold(0u64, |acc, z| acc.wrapping_add(z.sig))
+}
+
+/// A mixed FNV-1a hash of a zone id, the term of [`zone_sig`].
+fn id_hash(id: &str) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in id.as_bytes() {
+        h = (h ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    // The finaliser of MurmurHash3, so that sums of related ids do not collide.
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+    h ^= h >> 33;
+    h
 }
 
 fn sorted_ids(zones: &[&ZoneRef]) -> Vec<Arc<str>> {
@@ -587,11 +604,7 @@ mod tests {
     }
 
     fn zone(id: &str, kind: ZoneKind, limit_kmh: Option<u16>) -> ZoneRef {
-        ZoneRef {
-            id: Arc::from(id),
-            kind,
-            limit_dkmh: limit_kmh.map(|v| v * 10),
-        }
+        ZoneRef::new(Arc::from(id), kind, limit_kmh.map(|v| v * 10))
     }
 
     /// A watch, the rules, and a way to feed it a fix with its zones and see what happened.

@@ -370,6 +370,77 @@ impl Polygon {
     }
 }
 
+/// A box of points, in millionths of a degree with both ends included, that lie in the same
+/// zones ([`ZoneIndex::containing_stable`]). Its edges keep at least one millionth of a degree
+/// (about 11 cm) from the cell edges and bounding boxes that made them, so rounding in the
+/// lookup can never put a point of the box on the other side.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StableBox {
+    pub lat: [i32; 2],
+    pub lon: [i32; 2],
+}
+
+impl StableBox {
+    fn everywhere() -> StableBox {
+        StableBox {
+            lat: [i32::MIN, i32::MAX],
+            lon: [i32::MIN, i32::MAX],
+        }
+    }
+
+    pub fn contains(&self, lat_e6: i32, lon_e6: i32) -> bool {
+        self.lat[0] <= lat_e6
+            && lat_e6 <= self.lat[1]
+            && self.lon[0] <= lon_e6
+            && lon_e6 <= self.lon[1]
+    }
+
+    /// Keeps the part inside `side` × `side` cells from cell (`y`, `x`) at `scale` cells per
+    /// degree. Cell edges are exact in `f64` (a power of two divides them).
+    fn cut_to_cell(&mut self, scale: f64, y: i64, x: i64, side: i64) {
+        let edge = |c: i64| c as f64 * 1e6 / scale;
+        // The integers n with edge(c) <= n < edge(c + side), one unit in from each end.
+        let inner =
+            |c: i64| -> [i64; 2] { [edge(c).ceil() as i64 + 1, edge(c + side).ceil() as i64 - 2] };
+        let clamp = |v: i64| v.clamp(i64::from(i32::MIN), i64::from(i32::MAX)) as i32;
+        let [lo, hi] = inner(y);
+        self.lat = [self.lat[0].max(clamp(lo)), self.lat[1].min(clamp(hi))];
+        let [lo, hi] = inner(x);
+        self.lon = [self.lon[0].max(clamp(lo)), self.lon[1].min(clamp(hi))];
+    }
+
+    /// Keeps a part that does not meet the box `[w, s, e, n]` (degrees), which the point
+    /// (`lat`, `lon`) lies outside of: of the sides the point is beyond, the one farthest from
+    /// it is the cut, which keeps the most room around the point. Returns `false` (and empties
+    /// the box) when the point is not outside it.
+    fn exclude(&mut self, lat: f64, lon: f64, [w, s, e, n]: [f64; 4]) -> bool {
+        // (how far beyond, which side)
+        let mut best = (0.0, 4);
+        for (gap, side) in [(w - lon, 0), (lon - e, 1), (s - lat, 2), (lat - n, 3)] {
+            if gap > best.0 {
+                best = (gap, side);
+            }
+        }
+        let below = |d: f64| {
+            ((d * 1e6).ceil() - 2.0).clamp(f64::from(i32::MIN), f64::from(i32::MAX)) as i32
+        };
+        let above = |d: f64| {
+            ((d * 1e6).floor() + 2.0).clamp(f64::from(i32::MIN), f64::from(i32::MAX)) as i32
+        };
+        match best.1 {
+            0 => self.lon[1] = self.lon[1].min(below(w)),
+            1 => self.lon[0] = self.lon[0].max(above(e)),
+            2 => self.lat[1] = self.lat[1].min(below(s)),
+            3 => self.lat[0] = self.lat[0].max(above(n)),
+            _ => {
+                self.lat = [1, 0];
+                return false;
+            }
+        }
+        true
+    }
+}
+
 /// Finds the zones that contain a point, testing only candidate zones (see the module docs for
 /// the design and its memory bound).
 #[derive(Clone)]
@@ -494,17 +565,45 @@ impl ZoneIndex {
     /// without duplicates. `out` is not cleared. The point is tested as `f64::from(lat_e6) / 1e6`
     /// degrees, so the answer is exactly that of [`Area::contains`] for those degrees.
     pub fn containing(&self, lat_e6: i32, lon_e6: i32, out: &mut Vec<u32>) {
+        self.containing_stable(lat_e6, lon_e6, out);
+    }
+
+    /// [`ZoneIndex::containing`], which also returns, when it can, a box around the point in
+    /// which every point lies in the same zones, so a caller whose next point falls in the box
+    /// can keep the answer (a scooter moves a few metres between fixes). The box is the part of
+    /// the point's cell on each level (its whole block when the block is empty) that lies
+    /// outside the bounding box of every polygon the cell holds only partly. `None` when the
+    /// point is inside such a bounding box, or zones are tested outside the grid.
+    pub fn containing_stable(
+        &self,
+        lat_e6: i32,
+        lon_e6: i32,
+        out: &mut Vec<u32>,
+    ) -> Option<StableBox> {
         let start = out.len();
         let (lat_n, lon_n) = (f64::from(lat_e6), f64::from(lon_e6));
         let (lat, lon) = (lat_n / 1e6, lon_n / 1e6);
+        let mut stable = self.unindexed.is_empty().then(StableBox::everywhere);
         for level in &self.levels {
             // Scaling by a power of two is exact and the division is correctly rounded, so the
             // floor is the exact cell even on a cell boundary.
             let y = (lat_n * level.scale / 1e6).floor() as i64;
             let x = (lon_n * level.scale / 1e6).floor() as i64;
             let Some(block) = level.blocks.get(cell_key(y >> BLOCK_BITS, x >> BLOCK_BITS)) else {
+                if let Some(b) = &mut stable {
+                    let side = 1 << BLOCK_BITS;
+                    b.cut_to_cell(
+                        level.scale,
+                        (y >> BLOCK_BITS) * side,
+                        (x >> BLOCK_BITS) * side,
+                        side,
+                    );
+                }
                 continue;
             };
+            if let Some(b) = &mut stable {
+                b.cut_to_cell(level.scale, y, x, 1);
+            }
             let cell = block as usize * (BLOCK_CELLS + 1) + block_cell(y, x);
             let cell = level.starts[cell] as usize..level.starts[cell + 1] as usize;
             for e in &self.entries[cell] {
@@ -512,23 +611,48 @@ impl ZoneIndex {
                     out.push(e.slot);
                     continue;
                 }
-                let px = frame_x(e.polygon & 2 != 0, lon);
+                let crossing = e.polygon & 2 != 0;
+                let px = frame_x(crossing, lon);
                 let [w, s, east, n] = e.bbox.map(f64::from);
                 if !(w <= px && px <= east && s <= lat && lat <= n) {
+                    if crossing {
+                        stable = None;
+                    } else if let Some(b) = &mut stable {
+                        b.exclude(lat, lon, [w, s, east, n]);
+                    }
                     continue;
                 }
                 let inside = if e.len > 0 {
                     // `PolygonSet::contains_frame` for one slab, without the header.
                     let from = e.from as usize;
                     let [w, s, east, n] = self.polygons.edges[from - 1];
+                    let edges = &self.polygons.edges[from..from + e.len as usize];
                     let mut inside = false;
                     if w <= px && px <= east && s <= lat && lat <= n {
-                        for edge in &self.polygons.edges[from..from + e.len as usize] {
+                        for edge in edges {
                             inside ^= crosses(edge, px, lat);
                         }
+                        // A box that meets no edge lies wholly inside or wholly outside.
+                        if crossing {
+                            stable = None;
+                        } else if let Some(b) = &mut stable {
+                            for &[x0, y0, x1, y1] in edges {
+                                let edge_box = [x0.min(x1), y0.min(y1), x0.max(x1), y0.max(y1)];
+                                if !b.exclude(lat, lon, edge_box) {
+                                    stable = None;
+                                    break;
+                                }
+                            }
+                        }
+                    } else if crossing {
+                        stable = None;
+                    } else if let Some(b) = &mut stable {
+                        b.exclude(lat, lon, [w, s, east, n]);
                     }
                     inside
                 } else {
+                    // Many slabs: not worth following their edges here.
+                    stable = None;
                     self.polygons
                         .contains_frame((e.polygon >> 2) as usize, px, lat)
                 };
@@ -556,6 +680,7 @@ impl ZoneIndex {
             }
             out.truncate(kept);
         }
+        stable.filter(|b| b.contains(lat_e6, lon_e6))
     }
 
     /// The number of zones given to [`ZoneIndex::build`].
@@ -2156,6 +2281,89 @@ mod tests {
         }
         check_index_against_brute_force(&zones, &points);
         assert!(zones[2].1.bbox().south > zones[2].1.bbox().north);
+    }
+
+    /// Every point of a stable box lies in the same zones as the point it was found for: its
+    /// corners and random points inside, over a city of small and large zones; and most points
+    /// of the city get a box.
+    #[test]
+    fn every_point_of_a_stable_box_lies_in_the_same_zones() {
+        let mut rng = XorShift(0x5EED_CAFE_F00D_0007);
+        let (lat0, lon0) = (37.55, 126.98);
+        let mut zones = Vec::new();
+        for i in 0..600 {
+            let (lat, lon) = (
+                lat0 + rng.between(-0.03, 0.03),
+                lon0 + rng.between(-0.03, 0.03),
+            );
+            let a = if i % 2 == 0 {
+                let h = rng.between(0.0002, 0.0008);
+                Some(area(polygon(vec![box_ring(
+                    lon - h,
+                    lat - h,
+                    lon + h,
+                    lat + h,
+                )])))
+            } else {
+                let (radius, vertices) = (rng.between(0.0005, 0.003), 3 + rng.below(12) as usize);
+                star(&mut rng, lat, lon, radius, vertices)
+            };
+            if let Some(a) = a {
+                zones.push((i as u32, a));
+            }
+        }
+        let city = star(&mut rng, lat0, lon0, 0.05, 40).expect("an operating area");
+        zones.push((9_000, city));
+        let index = ZoneIndex::build(zones.iter().map(|(s, a)| (*s, a)));
+        let (mut stable, mut checked) = (0, 0);
+        for _ in 0..3_000 {
+            let p = (
+                ((lat0 + rng.between(-0.04, 0.04)) * 1e6) as i32,
+                ((lon0 + rng.between(-0.04, 0.04)) * 1e6) as i32,
+            );
+            let mut want = Vec::new();
+            let Some(b) = index.containing_stable(p.0, p.1, &mut want) else {
+                continue;
+            };
+            stable += 1;
+            assert!(b.contains(p.0, p.1), "{b:?} holds its point");
+            let mut qs = vec![
+                (b.lat[0], b.lon[0]),
+                (b.lat[0], b.lon[1]),
+                (b.lat[1], b.lon[0]),
+                (b.lat[1], b.lon[1]),
+            ];
+            for _ in 0..8 {
+                let f = |[lo, hi]: [i32; 2], t: f64| lo + ((f64::from(hi - lo)) * t) as i32;
+                qs.push((
+                    f(b.lat, rng.between(0.0, 1.0)),
+                    f(b.lon, rng.between(0.0, 1.0)),
+                ));
+            }
+            for q in qs {
+                let mut got = Vec::new();
+                let again = index.containing_stable(q.0, q.1, &mut got);
+                assert_eq!(got, want, "{q:?} in the box {b:?} of {p:?}");
+                checked += 1;
+                // Within the box, a smaller box still holds the point.
+                if let Some(inner) = again {
+                    assert!(inner.contains(q.0, q.1));
+                }
+            }
+        }
+        // A dense city of slanted edges: many points lie in the bounding box of an edge, or in a
+        // cell where the 40-edge operating area (many slabs) is partial, where no box is given.
+        assert!(stable > 800, "only {stable} of 3,000 points got a box");
+        assert!(checked > 7_000);
+        // A zone tested outside the grid (the whole world) leaves no box.
+        let world = area(polygon(vec![box_ring(-180.0, -89.0, 180.0, 89.0)]));
+        let index = ZoneIndex::build(zones.iter().map(|(s, a)| (*s, a)).chain([(9_001, &world)]));
+        let mut out = Vec::new();
+        assert_eq!(
+            index.containing_stable(37_000_000, 126_000_000, &mut out),
+            None
+        );
+        assert_eq!(out, [9_001]);
     }
 
     #[test]

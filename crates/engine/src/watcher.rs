@@ -8,7 +8,7 @@
 
 use crate::FastMap;
 use crate::fleet::FleetStore;
-use crate::fleet::zones::Zones;
+use crate::fleet::zones::{ZoneMemo, Zones};
 use crate::state::StateStore;
 use kickstand_domain::event::{Event, EventKind};
 use kickstand_domain::watch::{EventConfig, QualityConfig, QualityRules, VehicleWatch, Verdict};
@@ -32,6 +32,7 @@ pub struct FleetWatch {
 struct Watched {
     watch: VehicleWatch,
     rules: QualityRules,
+    zones: ZoneMemo,
 }
 
 /// One worker's watches.
@@ -74,8 +75,14 @@ impl ShardWatcher {
             zones.containing(&fix.point, &mut self.slots, &mut inside);
             let rules = self.shared.quality.rules_for(fix.vehicle_id.as_str());
             let watch = VehicleWatch::seeded(fix.point, &inside, &self.shared.events);
-            self.watches
-                .insert(fix.vehicle_id, Watched { watch, rules });
+            self.watches.insert(
+                fix.vehicle_id,
+                Watched {
+                    watch,
+                    rules,
+                    zones: ZoneMemo::default(),
+                },
+            );
         }
     }
 
@@ -116,11 +123,12 @@ impl ShardWatcher {
                     v.insert(Watched {
                         watch: seeded,
                         rules,
+                        zones: ZoneMemo::default(),
                     })
                 }
             };
             if cfg.is_some() {
-                zones.containing(&fix.point, slots, &mut inside);
+                zones.containing_memo(&fix.point, &mut w.zones, slots, &mut inside);
             } else {
                 inside.clear();
             }

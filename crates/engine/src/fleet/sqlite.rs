@@ -27,6 +27,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::thread::JoinHandle;
+use std::time::Instant;
 
 /// The migrations, in order; `PRAGMA user_version` is the number applied.
 pub(super) const MIGRATIONS: &[&str] = &[
@@ -252,12 +253,21 @@ impl SqliteFleetStore {
             && let Some(jobs) = &self.jobs
         {
             let _ = jobs.send(Job::Wake);
+            self.wake_writer();
         }
         if !self.journal.settle(SETTLE_LIMIT) {
             tracing::warn!(
                 message = "the fleet store's writer is behind the event journal; answering with the events indexed so far",
                 limit_s = SETTLE_LIMIT.as_secs(),
             );
+        }
+    }
+
+    /// Wakes the writer thread for a job that must not wait for the next batch (a query, a
+    /// write). Events do not wake it: it takes them every `COMMIT_EVERY`.
+    fn wake_writer(&self) {
+        if let Some(w) = &self.writer {
+            w.thread().unpark();
         }
     }
 
@@ -285,6 +295,7 @@ impl SqliteFleetStore {
             .ok_or_else(gone)?
             .send(job)
             .map_err(|_| gone())?;
+        self.wake_writer();
         answer.recv().map_err(|_| gone())?
     }
 }
@@ -292,6 +303,7 @@ impl SqliteFleetStore {
 impl Drop for SqliteFleetStore {
     fn drop(&mut self) {
         drop(self.jobs.take());
+        self.wake_writer();
         if let Some(w) = self.writer.take() {
             let _ = w.join();
         }
@@ -321,7 +333,7 @@ fn write_loop(
     let mut others: Vec<WriteFn> = Vec::new();
     let mut open = true;
     let mut failures = 0u32;
-    let mut last_commit = std::time::Instant::now();
+    let mut last_commit = Instant::now();
     // Events waiting, whether ready or behind a gap.
     let mut queued = 0;
     while open || ready(&waiting, indexed) {
@@ -338,10 +350,19 @@ fn write_loop(
                 break;
             }
             let job = if ready(&waiting, indexed) {
-                match rx.recv_deadline(last_commit + COMMIT_EVERY) {
+                // Parked rather than blocked on the queue: every worker's group would wake a
+                // thread blocked on it (a context switch per group), where one wake-up per
+                // batch is enough. Queries, writes and closing unpark it (`wake_writer`).
+                match rx.try_recv() {
                     Ok(job) => job,
-                    Err(crossbeam_channel::RecvTimeoutError::Timeout) => continue,
-                    Err(crossbeam_channel::RecvTimeoutError::Disconnected) => {
+                    Err(crossbeam_channel::TryRecvError::Empty) => {
+                        let deadline = last_commit + COMMIT_EVERY;
+                        if let Some(wait) = deadline.checked_duration_since(Instant::now()) {
+                            std::thread::park_timeout(wait);
+                        }
+                        continue;
+                    }
+                    Err(crossbeam_channel::TryRecvError::Disconnected) => {
                         open = false;
                         continue;
                     }
@@ -402,7 +423,7 @@ fn write_loop(
                     }
                     drop(stored);
                     indexed = last;
-                    last_commit = std::time::Instant::now();
+                    last_commit = Instant::now();
                     journal.indexed(last, events);
                 }
                 Err(error) => {

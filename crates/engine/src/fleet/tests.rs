@@ -1046,3 +1046,66 @@ fn by_vehicle(store: &dyn FleetStore, events: &[Event]) -> Vec<(String, Vec<Stri
         })
         .collect()
 }
+
+/// A vehicle walking across zones gets from its memo exactly what the index answers, and a
+/// rebuilt set is never answered from a memo of the old one.
+#[test]
+fn zone_memo_answers_like_the_index_and_not_across_sets() {
+    use super::zones::{ZoneMemo, ZoneSet};
+    use kickstand_domain::Point;
+    let poly =
+        |ring: Vec<[f64; 2]>| area(serde_json::json!({"type": "Polygon", "coordinates": [ring]}));
+    let mut fences = vec![geofence(
+        "city",
+        ZoneKind::OperatingArea,
+        poly(square(126.9, 37.5, 0.1)),
+        0,
+    )];
+    for i in 0..40 {
+        let (lon, lat) = (
+            126.95 + f64::from(i % 8) * 0.0012,
+            37.55 + f64::from(i / 8) * 0.0012,
+        );
+        fences.push(geofence(
+            &format!("np{i}"),
+            ZoneKind::NoParking,
+            poly(square(lon, lat, 0.0005)),
+            0,
+        ));
+    }
+    let set = ZoneSet::build(1, &fences);
+    let (mut memo, mut slots, mut plain_slots) = (ZoneMemo::default(), Vec::new(), Vec::new());
+    let (mut got, mut want) = (Vec::new(), Vec::new());
+    let ids = |zones: &[&kickstand_domain::watch::ZoneRef]| -> Vec<String> {
+        zones.iter().map(|z| z.id.to_string()).collect()
+    };
+    let mut inside_some = 0;
+    // 3 m steps diagonally through the grid of no-parking zones and out of the city.
+    for step in 0..5_000 {
+        let p = Point {
+            lat_e6: 37_548_000 + step * 11,
+            lon_e6: 126_948_000 + step * 13,
+            ..Point::default()
+        };
+        set.containing_memo(&p, &mut memo, &mut slots, &mut got);
+        set.containing(&p, &mut plain_slots, &mut want);
+        assert_eq!(ids(&got), ids(&want), "step {step}");
+        inside_some += usize::from(got.len() > 1);
+    }
+    assert!(
+        inside_some > 50,
+        "the walk crossed no-parking zones: {inside_some}"
+    );
+    // The same geofences rebuilt without one zone: the memo of the old set is not used.
+    let p = Point {
+        lat_e6: 37_550_200,
+        lon_e6: 126_950_200,
+        ..Point::default()
+    };
+    let mut memo = ZoneMemo::default();
+    set.containing_memo(&p, &mut memo, &mut slots, &mut got);
+    assert_eq!(ids(&got), ["city", "np0"]);
+    let smaller = ZoneSet::build(1, &fences[..1]);
+    smaller.containing_memo(&p, &mut memo, &mut slots, &mut got);
+    assert_eq!(ids(&got), ["city"]);
+}

@@ -8,12 +8,35 @@ use kickstand_domain::watch::ZoneRef;
 use kickstand_domain::zone::{ZoneIndex, ZoneKind};
 use parking_lot::{Mutex, RwLock};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Numbers the sets built in this process, so a [`ZoneMemo`] never outlives its set.
+static GENERATION: AtomicU64 = AtomicU64::new(1);
+
+/// Zones a [`ZoneMemo`] holds at most; a point in more is looked up every time.
+const MEMO_SLOTS: usize = 6;
+
+/// One vehicle's last zone lookup, answered again without the index while the vehicle stays
+/// in the lookup's stable box ([`ZoneIndex::containing_stable`]) and the set is the same: most
+/// fixes of a fleet are a few metres from the previous one, and the index's lookup is a chain
+/// of cache misses.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ZoneMemo {
+    /// The [`ZoneSet`]'s generation; 0 for none.
+    generation: u64,
+    lat: [i32; 2],
+    lon: [i32; 2],
+    len: u8,
+    slots: [u32; MEMO_SLOTS],
+}
 use std::time::{Duration, Instant};
 
 /// The geofences of one version, indexed.
 pub struct ZoneSet {
     /// The store's geofence version this set was built from.
     pub version: u64,
+    /// Unique in the process (see [`ZoneMemo`]).
+    generation: u64,
     /// By slot (the index's handle).
     pub zones: Vec<ZoneRef>,
     index: ZoneIndex,
@@ -23,15 +46,17 @@ impl ZoneSet {
     pub fn build(version: u64, geofences: &[Geofence]) -> ZoneSet {
         let zones = geofences
             .iter()
-            .map(|g| ZoneRef {
-                id: Arc::from(g.id.as_str()),
-                kind: g.kind,
-                limit_dkmh: match g.kind {
-                    ZoneKind::SlowZone => g
-                        .max_speed_kmh
-                        .map(|v| (v * 10.0).round().clamp(0.0, f64::from(u16::MAX)) as u16),
-                    _ => None,
-                },
+            .map(|g| {
+                ZoneRef::new(
+                    Arc::from(g.id.as_str()),
+                    g.kind,
+                    match g.kind {
+                        ZoneKind::SlowZone => g
+                            .max_speed_kmh
+                            .map(|v| (v * 10.0).round().clamp(0.0, f64::from(u16::MAX)) as u16),
+                        _ => None,
+                    },
+                )
             })
             .collect();
         let index = ZoneIndex::build(
@@ -42,6 +67,7 @@ impl ZoneSet {
         );
         ZoneSet {
             version,
+            generation: GENERATION.fetch_add(1, Ordering::Relaxed),
             zones,
             index,
         }
@@ -59,6 +85,51 @@ impl ZoneSet {
         }
         slots.clear();
         self.index.containing(p.lat_e6, p.lon_e6, slots);
+        out.extend(slots.iter().map(|s| &self.zones[*s as usize]));
+    }
+
+    /// [`ZoneSet::containing`] for a vehicle whose last lookup is in `memo`.
+    pub fn containing_memo<'a>(
+        &'a self,
+        p: &Point,
+        memo: &mut ZoneMemo,
+        slots: &mut Vec<u32>,
+        out: &mut Vec<&'a ZoneRef>,
+    ) {
+        out.clear();
+        if self.zones.is_empty() {
+            return;
+        }
+        let (lat, lon) = (p.lat_e6, p.lon_e6);
+        if memo.generation == self.generation
+            && memo.lat[0] <= lat
+            && lat <= memo.lat[1]
+            && memo.lon[0] <= lon
+            && lon <= memo.lon[1]
+        {
+            out.extend(
+                memo.slots[..usize::from(memo.len)]
+                    .iter()
+                    .map(|s| &self.zones[*s as usize]),
+            );
+            return;
+        }
+        slots.clear();
+        let stable = self.index.containing_stable(lat, lon, slots);
+        *memo = match stable {
+            Some(b) if slots.len() <= MEMO_SLOTS => {
+                let mut kept = [0; MEMO_SLOTS];
+                kept[..slots.len()].copy_from_slice(slots);
+                ZoneMemo {
+                    generation: self.generation,
+                    lat: b.lat,
+                    lon: b.lon,
+                    len: slots.len() as u8,
+                    slots: kept,
+                }
+            }
+            _ => ZoneMemo::default(),
+        };
         out.extend(slots.iter().map(|s| &self.zones[*s as usize]));
     }
 
