@@ -565,16 +565,29 @@ impl ZoneIndex {
     /// without duplicates. `out` is not cleared. The point is tested as `f64::from(lat_e6) / 1e6`
     /// degrees, so the answer is exactly that of [`Area::contains`] for those degrees.
     pub fn containing(&self, lat_e6: i32, lon_e6: i32, out: &mut Vec<u32>) {
-        self.containing_stable(lat_e6, lon_e6, out);
+        self.lookup::<false>(lat_e6, lon_e6, out);
     }
 
     /// [`ZoneIndex::containing`], which also returns, when it can, a box around the point in
     /// which every point lies in the same zones, so a caller whose next point falls in the box
     /// can keep the answer (a scooter moves a few metres between fixes). The box is the part of
-    /// the point's cell on each level (its whole block when the block is empty) that lies
-    /// outside the bounding box of every polygon the cell holds only partly. `None` when the
-    /// point is inside such a bounding box, or zones are tested outside the grid.
+    /// the point's cell on each level (its whole block when the block is empty) that meets
+    /// neither the bounding box of a polygon the cell holds only partly nor, when the point is
+    /// inside that box, the box of any of the polygon's edges. `None` when no such part holds
+    /// the point (it lies in the box of a slanted edge, or of a polygon of many slabs), or
+    /// zones are tested outside the grid.
     pub fn containing_stable(
+        &self,
+        lat_e6: i32,
+        lon_e6: i32,
+        out: &mut Vec<u32>,
+    ) -> Option<StableBox> {
+        self.lookup::<true>(lat_e6, lon_e6, out)
+    }
+
+    /// The lookup, with the stable box worked out when `BOX` (the plain lookup does not pay
+    /// for it).
+    fn lookup<const BOX: bool>(
         &self,
         lat_e6: i32,
         lon_e6: i32,
@@ -583,7 +596,7 @@ impl ZoneIndex {
         let start = out.len();
         let (lat_n, lon_n) = (f64::from(lat_e6), f64::from(lon_e6));
         let (lat, lon) = (lat_n / 1e6, lon_n / 1e6);
-        let mut stable = self.unindexed.is_empty().then(StableBox::everywhere);
+        let mut stable = (BOX && self.unindexed.is_empty()).then(StableBox::everywhere);
         for level in &self.levels {
             // Scaling by a power of two is exact and the division is correctly rounded, so the
             // floor is the exact cell even on a cell boundary.

@@ -11,7 +11,7 @@ use kickstand_domain::Fix;
 use kickstand_domain::watch::{EventConfig, QualityConfig};
 use kickstand_domain::zone::{Area, Polygon, ZoneKind};
 use kickstand_engine::fleet::sqlite::SqliteFleetStore;
-use kickstand_engine::fleet::zones::{ZoneSet, Zones};
+use kickstand_engine::fleet::zones::{ZoneMemo, ZoneSet, Zones};
 use kickstand_engine::fleet::{FleetStore, Geofence};
 use kickstand_engine::watcher::FleetWatch;
 use kickstand_engine::{Engine, EngineConfig};
@@ -167,17 +167,29 @@ async fn run_one(
 }
 
 /// The zone test alone: every fix of the load against the index, ns per fix.
-fn zone_test_ns(geofences: &[Geofence], fixes: &[Fix]) -> (f64, f64) {
+/// The zone test alone: ns per fix and zones per fix with the index; then, as the workers do
+/// it, with each vehicle's [`ZoneMemo`] (ns per fix, map lookup included, and the share of
+/// fixes the memo answered).
+fn zone_test_ns(geofences: &[Geofence], fixes: &[Fix]) -> (f64, f64, f64, f64) {
     let set = ZoneSet::build(1, geofences);
     let (mut slots, mut inside) = (Vec::new(), Vec::new());
     let mut hits = 0usize;
+    let n = fixes.len().max(1) as f64;
     let started = Instant::now();
     for f in fixes {
         set.containing(&f.point, &mut slots, &mut inside);
         hits += inside.len();
     }
-    let ns = started.elapsed().as_nanos() as f64 / fixes.len().max(1) as f64;
-    (ns, hits as f64 / fixes.len().max(1) as f64)
+    let ns = started.elapsed().as_nanos() as f64 / n;
+    let mut memos: std::collections::HashMap<&str, ZoneMemo> = Default::default();
+    let mut remembered = 0usize;
+    let started = Instant::now();
+    for f in fixes {
+        let memo = memos.entry(f.vehicle_id.as_str()).or_default();
+        remembered += usize::from(set.containing_memo(&f.point, memo, &mut slots, &mut inside));
+    }
+    let memo_ns = started.elapsed().as_nanos() as f64 / n;
+    (ns, hits as f64 / n, memo_ns, remembered as f64 / n)
 }
 
 /// The shape of the ingest load (the flags of the ingest phase).
@@ -211,7 +223,7 @@ pub async fn events_phase(
     let warmup = Arc::new(bodies[..first_tick.min(bodies.len())].to_vec());
     let bodies = Arc::new(bodies[first_tick.min(bodies.len())..].to_vec());
     let geofences = city_geofences(args.events_geofences);
-    let (zone_ns, zones_per_fix) = zone_test_ns(&geofences, &fixes);
+    let (zone_ns, zones_per_fix, memo_ns, memo_share) = zone_test_ns(&geofences, &fixes);
 
     // no_watch once; then events off and on, alternately, `events_rounds` times.
     let mut phases = vec![("no_watch", None)];
@@ -288,6 +300,14 @@ pub async fn events_phase(
     figures.insert(
         "events_zone_test_ns_per_fix".into(),
         json!((zone_ns * 10.0).round() / 10.0),
+    );
+    figures.insert(
+        "events_zone_test_memo_ns_per_fix".into(),
+        json!((memo_ns * 10.0).round() / 10.0),
+    );
+    figures.insert(
+        "events_zone_memo_answered".into(),
+        json!((memo_share * 1000.0).round() / 1000.0),
     );
     figures.insert(
         "events_zones_per_fix".into(),

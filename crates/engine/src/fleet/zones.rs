@@ -88,17 +88,18 @@ impl ZoneSet {
         out.extend(slots.iter().map(|s| &self.zones[*s as usize]));
     }
 
-    /// [`ZoneSet::containing`] for a vehicle whose last lookup is in `memo`.
+    /// [`ZoneSet::containing`] for a vehicle whose last lookup is in `memo`; `true` when the
+    /// memo answered.
     pub fn containing_memo<'a>(
         &'a self,
         p: &Point,
         memo: &mut ZoneMemo,
         slots: &mut Vec<u32>,
         out: &mut Vec<&'a ZoneRef>,
-    ) {
+    ) -> bool {
         out.clear();
         if self.zones.is_empty() {
-            return;
+            return false;
         }
         let (lat, lon) = (p.lat_e6, p.lon_e6);
         if memo.generation == self.generation
@@ -112,7 +113,7 @@ impl ZoneSet {
                     .iter()
                     .map(|s| &self.zones[*s as usize]),
             );
-            return;
+            return true;
         }
         slots.clear();
         let stable = self.index.containing_stable(lat, lon, slots);
@@ -131,6 +132,7 @@ impl ZoneSet {
             _ => ZoneMemo::default(),
         };
         out.extend(slots.iter().map(|s| &self.zones[*s as usize]));
+        false
     }
 
     pub fn len(&self) -> usize {
