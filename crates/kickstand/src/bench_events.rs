@@ -103,7 +103,7 @@ async fn run_one(
     warmup: Arc<Vec<Bytes>>,
     bodies: Arc<Vec<Bytes>>,
     connections: usize,
-) -> anyhow::Result<(LoadResult, u64, std::time::Duration)> {
+) -> anyhow::Result<(LoadResult, u64, std::time::Duration, f64)> {
     let fleet = match watch {
         None => None,
         Some((events_on, geofences)) => {
@@ -152,6 +152,7 @@ async fn run_one(
         Some(f) => f.store.event_head()?,
         None => 0,
     };
+    let cpu_before = process_cpu_s();
     let result = load(addr, bodies, connections).await?;
     // The embedded store indexes journalled events beside the ack path: its head is read once
     // every event appended is queryable, and the wait counts as part of the run.
@@ -161,12 +162,34 @@ async fn run_one(
         None => 0,
     };
     let settle = settling.elapsed();
+    let cpu = process_cpu_s() - cpu_before;
     let _ = tx.send(());
     task.await??;
-    Ok((result, events, settle))
+    Ok((result, events, settle, cpu))
 }
 
-/// The zone test alone: every fix of the load against the index, ns per fix.
+/// CPU seconds used so far by this process, every thread (the server and the load generator
+/// alike), from `/proc/self/stat` (in USER_HZ, 100 per second on Linux); 0 elsewhere.
+fn process_cpu_s() -> f64 {
+    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
+        return 0.0;
+    };
+    // Fields after the command name (which may hold spaces) in parentheses.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map_or("", |(_, rest)| rest)
+        .split_whitespace()
+        .collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    // utime and stime are fields 14 and 15 of the line, 12 and 13 after the name.
+    (ticks(11) + ticks(12)) as f64 / 100.0
+}
+
 /// The zone test alone: ns per fix and zones per fix with the index; then, as the workers do
 /// it, with each vehicle's [`ZoneMemo`] (ns per fix, map lookup included, and the share of
 /// fixes the memo answered).
@@ -232,10 +255,13 @@ pub async fn events_phase(
         phases.push(("events_on", Some((true, &geofences[..]))));
     }
     let mut rates: std::collections::HashMap<&str, Vec<f64>> = Default::default();
+    // CPU of the whole process per fix in the timed load: what a phase costs, whether or not
+    // the load kept the CPU busy (8 connections in a closed loop do not quite).
+    let mut cpu_per_fix: std::collections::HashMap<&str, Vec<f64>> = Default::default();
     for (i, (name, watch)) in phases.into_iter().enumerate() {
         let dir = tmp.join(format!("events-{i}-{name}"));
         std::fs::create_dir_all(&dir)?;
-        let (r, events, settle) = run_one(
+        let (r, events, settle, cpu) = run_one(
             &dir,
             config,
             watch,
@@ -248,10 +274,11 @@ pub async fn events_phase(
         // Until the last event is queryable, not only until the last ack.
         let rate = r.accepted as f64 / (r.elapsed + settle).as_secs_f64();
         eprintln!(
-            "events phase {name}: {:.0} fixes/s, p99 ack {:.1} ms, {events} events, {} ms until queryable after the last ack",
+            "events phase {name}: {:.0} fixes/s, p99 ack {:.1} ms, {events} events, {} ms until queryable after the last ack, {:.3} µs of CPU per fix",
             rate,
             percentile(&r.latencies_ms, 0.99),
-            settle.as_millis()
+            settle.as_millis(),
+            cpu * 1e6 / r.accepted.max(1) as f64
         );
         figures.insert(
             format!("events_{name}_settle_ms"),
@@ -270,6 +297,10 @@ pub async fn events_phase(
             );
         }
         rates.entry(name).or_default().push(rate);
+        cpu_per_fix
+            .entry(name)
+            .or_default()
+            .push(cpu * 1e6 / r.accepted.max(1) as f64);
     }
     let median = |v: &[f64]| {
         let mut v = v.to_vec();
@@ -292,6 +323,26 @@ pub async fn events_phase(
             json!(median(v).round()),
         );
     }
+    for (name, v) in &cpu_per_fix {
+        figures.insert(
+            format!("events_{name}_cpu_us_per_fix"),
+            json!((median(v) * 1000.0).round() / 1000.0),
+        );
+    }
+    // The throughput ratio a server kept busy would see: CPU per fix off ÷ on, per round.
+    let cpu_ratios: Vec<f64> = cpu_per_fix["events_off"]
+        .iter()
+        .zip(&cpu_per_fix["events_on"])
+        .map(|(off, on)| off / on)
+        .collect();
+    figures.insert(
+        "events_cpu_off_vs_on_rounds".into(),
+        json!(cpu_ratios.iter().map(|r| round3(*r)).collect::<Vec<_>>()),
+    );
+    figures.insert(
+        "events_cpu_off_vs_on".into(),
+        json!(round3(median(&cpu_ratios))),
+    );
     figures.insert(
         "events_on_vs_off_rounds".into(),
         json!(ratios.iter().map(|r| round3(*r)).collect::<Vec<_>>()),

@@ -19,7 +19,7 @@
 //!
 //! By-vehicle keys do not go through fjall's memtable: inserting them one by one into its skip
 //! list, at random positions, was the largest single cost of storing events (BENCHMARKS.md,
-//! "Fleet intelligence: events off the skip list"). They gather in a plain buffer instead and
+//! "Fleet intelligence: events off the skip list, zone memos"). They gather in a buffer instead and
 //! are written, sorted, as a new table ([`Keyspace::start_ingestion`]) every
 //! [`INGEST_EVERY`] keys; readers look at the tables and the buffer under one lock. `indexed`
 //! on disk moves with each ingestion, so after a crash the buffered keys are read again from
