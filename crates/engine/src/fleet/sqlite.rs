@@ -264,7 +264,8 @@ impl SqliteFleetStore {
     }
 
     /// Wakes the writer thread for a job that must not wait for the next batch (a query, a
-    /// write). Events do not wake it: it takes them every `COMMIT_EVERY`.
+    /// write). Events do not wake it while it gathers a batch: it takes them every
+    /// `COMMIT_EVERY`.
     fn wake_writer(&self) {
         if let Some(w) = &self.writer {
             w.thread().unpark();

@@ -9,6 +9,7 @@ use kickstand_domain::zone::{ZoneIndex, ZoneKind};
 use parking_lot::{Mutex, RwLock};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 /// Numbers the sets built in this process, so a [`ZoneMemo`] never outlives its set.
 static GENERATION: AtomicU64 = AtomicU64::new(1);
@@ -29,7 +30,6 @@ pub struct ZoneMemo {
     len: u8,
     slots: [u32; MEMO_SLOTS],
 }
-use std::time::{Duration, Instant};
 
 /// The geofences of one version, indexed.
 pub struct ZoneSet {
