@@ -44,13 +44,19 @@ impl VehicleId {
     /// A stable 64-bit hash (FNV-1a) of the id. Stable across processes and versions, so every
     /// process of a deployment agrees on which shard owns a vehicle.
     pub fn stable_hash(&self) -> u64 {
-        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-        for b in self.0.as_bytes() {
-            h ^= u64::from(*b);
-            h = h.wrapping_mul(0x0000_0100_0000_01b3);
-        }
-        h
+        fnv1a64(self.0.as_bytes())
     }
+}
+
+/// 64-bit FNV-1a: stable across processes and versions (shard ownership and stored keys rely
+/// on it), not meant to resist chosen inputs.
+pub fn fnv1a64(bytes: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in bytes {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h
 }
 
 impl fmt::Debug for VehicleId {
@@ -328,6 +334,14 @@ impl FixInput<'_> {
 
 #[cfg(test)]
 mod tests {
+
+    /// The published FNV-1a test vectors: stored index keys and shard ownership depend on them.
+    #[test]
+    fn fnv1a64_is_the_published_fnv_1a() {
+        assert_eq!(fnv1a64(b""), 0xcbf2_9ce4_8422_2325);
+        assert_eq!(fnv1a64(b"a"), 0xaf63_dc4c_8601_ec8c);
+        assert_eq!(fnv1a64(b"foobar"), 0x8594_4171_f739_67e8);
+    }
     use super::*;
 
     const NOW: i64 = 1_800_000_000_000;

@@ -529,10 +529,7 @@ fn zone_sig(zones: &[&ZoneRef]) -> u64 {
 
 /// A mixed FNV-1a hash of a zone id, the term of [`zone_sig`].
 fn id_hash(id: &str) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in id.as_bytes() {
-        h = (h ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3);
-    }
+    let mut h = crate::fnv1a64(id.as_bytes());
     // The finaliser of MurmurHash3, so that sums of related ids do not collide.
     h ^= h >> 33;
     h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);

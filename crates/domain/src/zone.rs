@@ -625,12 +625,14 @@ impl ZoneIndex {
                     continue;
                 }
                 let crossing = e.polygon & 2 != 0;
+                if crossing {
+                    // Boxes are kept in plain longitudes, not in a crossing polygon's frame.
+                    stable = None;
+                }
                 let px = frame_x(crossing, lon);
                 let [w, s, east, n] = e.bbox.map(f64::from);
                 if !(w <= px && px <= east && s <= lat && lat <= n) {
-                    if crossing {
-                        stable = None;
-                    } else if let Some(b) = &mut stable {
+                    if let Some(b) = &mut stable {
                         b.exclude(lat, lon, [w, s, east, n]);
                     }
                     continue;
@@ -646,9 +648,7 @@ impl ZoneIndex {
                             inside ^= crosses(edge, px, lat);
                         }
                         // A box that meets no edge lies wholly inside or wholly outside.
-                        if crossing {
-                            stable = None;
-                        } else if let Some(b) = &mut stable {
+                        if let Some(b) = &mut stable {
                             for &[x0, y0, x1, y1] in edges {
                                 let edge_box = [x0.min(x1), y0.min(y1), x0.max(x1), y0.max(y1)];
                                 if !b.exclude(lat, lon, edge_box) {
@@ -657,8 +657,6 @@ impl ZoneIndex {
                                 }
                             }
                         }
-                    } else if crossing {
-                        stable = None;
                     } else if let Some(b) = &mut stable {
                         b.exclude(lat, lon, [w, s, east, n]);
                     }

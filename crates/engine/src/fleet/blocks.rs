@@ -140,14 +140,7 @@ pub(crate) fn decode(data: &[u8]) -> Option<Vec<BlockEvent<'_>>> {
 pub(crate) fn identity(id: &str) -> i64 {
     match id.get(..16).and_then(|h| u64::from_str_radix(h, 16).ok()) {
         Some(h) => h as i64,
-        None => {
-            let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-            for b in id.bytes() {
-                h ^= u64::from(b);
-                h = h.wrapping_mul(0x0100_0000_01b3);
-            }
-            h as i64
-        }
+        None => kickstand_domain::fnv1a64(id.as_bytes()) as i64,
     }
 }
 

@@ -69,18 +69,9 @@ fn err(e: fjall::Error) -> FleetError {
     FleetError(format!("vehicle index: {e}"))
 }
 
-fn vehicle_hash(vehicle: &str) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in vehicle.bytes() {
-        h ^= u64::from(b);
-        h = h.wrapping_mul(0x0100_0000_01b3);
-    }
-    h
-}
-
 fn key(vehicle: &str, seq: u64) -> [u8; 16] {
     let mut k = [0; 16];
-    k[..8].copy_from_slice(&vehicle_hash(vehicle).to_be_bytes());
+    k[..8].copy_from_slice(&kickstand_domain::fnv1a64(vehicle.as_bytes()).to_be_bytes());
     k[8..].copy_from_slice(&seq.to_be_bytes());
     k
 }
@@ -115,13 +106,9 @@ impl VehicleIndex {
             let old = open("by_vehicle")?;
             db.delete_keyspace(old).map_err(err)?;
         }
-        // A small memtable: inserts come at random keys, and a skip list that fits the caches
-        // takes them faster; flushing 8 MiB runs is cheap background work.
-        let by_vehicle = db
-            .keyspace("by_vehicle_h", || {
-                KeyspaceCreateOptions::default().max_memtable_size(8 * 1024 * 1024)
-            })
-            .map_err(err)?;
+        // Its keys arrive as ingested tables (`ingest`); only retention's removals go through
+        // the memtable.
+        let by_vehicle = open("by_vehicle_h")?;
         let meta = open("meta")?;
         let stored = match meta.get(INDEXED).map_err(err)? {
             Some(v) => v.as_ref().try_into().map(u64::from_be_bytes).unwrap_or(0),

@@ -5,7 +5,7 @@
 use super::{FleetResult, FleetStore, Geofence};
 use kickstand_domain::Point;
 use kickstand_domain::watch::ZoneRef;
-use kickstand_domain::zone::{ZoneIndex, ZoneKind};
+use kickstand_domain::zone::{StableBox, ZoneIndex, ZoneKind};
 use parking_lot::{Mutex, RwLock};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -21,14 +21,27 @@ const MEMO_SLOTS: usize = 6;
 /// in the lookup's stable box ([`ZoneIndex::containing_stable`]) and the set is the same: most
 /// fixes of a fleet are a few metres from the previous one, and the index's lookup is a chain
 /// of cache misses.
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Copy, Debug)]
 pub struct ZoneMemo {
     /// The [`ZoneSet`]'s generation; 0 for none.
     generation: u64,
-    lat: [i32; 2],
-    lon: [i32; 2],
+    stable: StableBox,
     len: u8,
     slots: [u32; MEMO_SLOTS],
+}
+
+impl Default for ZoneMemo {
+    fn default() -> ZoneMemo {
+        ZoneMemo {
+            generation: 0,
+            stable: StableBox {
+                lat: [1, 0],
+                lon: [1, 0],
+            },
+            len: 0,
+            slots: [0; MEMO_SLOTS],
+        }
+    }
 }
 
 /// The geofences of one version, indexed.
@@ -102,12 +115,7 @@ impl ZoneSet {
             return false;
         }
         let (lat, lon) = (p.lat_e6, p.lon_e6);
-        if memo.generation == self.generation
-            && memo.lat[0] <= lat
-            && lat <= memo.lat[1]
-            && memo.lon[0] <= lon
-            && lon <= memo.lon[1]
-        {
+        if memo.generation == self.generation && memo.stable.contains(lat, lon) {
             out.extend(
                 memo.slots[..usize::from(memo.len)]
                     .iter()
@@ -118,13 +126,12 @@ impl ZoneSet {
         slots.clear();
         let stable = self.index.containing_stable(lat, lon, slots);
         *memo = match stable {
-            Some(b) if slots.len() <= MEMO_SLOTS => {
+            Some(stable) if slots.len() <= MEMO_SLOTS => {
                 let mut kept = [0; MEMO_SLOTS];
                 kept[..slots.len()].copy_from_slice(slots);
                 ZoneMemo {
                     generation: self.generation,
-                    lat: b.lat,
-                    lon: b.lon,
+                    stable,
                     len: slots.len() as u8,
                     slots: kept,
                 }
