@@ -116,7 +116,15 @@ impl Engine {
         history: &HistoryConfig,
         fleet: Option<Arc<FleetWatch>>,
     ) -> Result<Engine, EngineError> {
-        let history = crate::history::open(history, data_dir, config.span()?, config.retain_days)?;
+        let history = crate::history::open(
+            history,
+            data_dir,
+            config.span()?,
+            config.retain_days,
+            fleet
+                .as_ref()
+                .map(|f| f.store.as_ref() as &dyn crate::fleet::FleetStore),
+        )?;
         Engine::start_watching(history, Arc::new(MemoryState::default()), config, fleet)
     }
 

@@ -17,6 +17,9 @@ pub const WORKER_LAG_SECONDS: &str = "kickstand_pipeline_worker_lag_seconds";
 pub const GROUP_FIXES: &str = "kickstand_pipeline_group_fixes";
 /// Duration of one WAL write + fdatasync (store write latency).
 pub const WAL_SYNC_SECONDS: &str = "kickstand_store_wal_sync_seconds";
+/// Duration of one `fdatasync` of the event journal (one covers the records of every worker
+/// written before it).
+pub const EVENT_JOURNAL_SYNC_SECONDS: &str = "kickstand_event_journal_sync_seconds";
 /// Duration of one checkpoint into the history engine.
 pub const CHECKPOINT_SECONDS: &str = "kickstand_store_checkpoint_seconds";
 /// Time a writer waited for an earlier checkpoint (backpressure from the engine).
@@ -94,6 +97,11 @@ pub fn describe() {
         "Time a batch waited in a worker queue."
     );
     describe_histogram!(GROUP_FIXES, Unit::Count, "Fixes per group commit.");
+    describe_histogram!(
+        EVENT_JOURNAL_SYNC_SECONDS,
+        Unit::Seconds,
+        "Duration of one fdatasync of the event journal (covering every record written before it)."
+    );
     describe_histogram!(
         WAL_SYNC_SECONDS,
         Unit::Seconds,

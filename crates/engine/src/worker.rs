@@ -25,9 +25,12 @@ fn now_ms() -> i64 {
 /// Runs until the queue is closed and drained, then closes the writer (final checkpoint).
 ///
 /// With a `watcher`, each group is first checked: bad fixes are flagged (stored in history
-/// with the flag, kept out of the latest state), and the events of the good ones are stored
-/// before the fixes, so a crash in between makes the retry compute the same events, which the
-/// store keeps once.
+/// with the flag, kept out of the latest state), and the events of the good ones are durable
+/// no later than the fixes, so a crash in between makes the retry compute the same events,
+/// which the store keeps once. When both stores can (the embedded ones), the events' journal
+/// sync runs while the fixes are written and history's record names the journal record, so
+/// recovery drops the fixes unless their events survived (ADR 0024); otherwise the events are
+/// stored first.
 pub fn run(
     rx: Receiver<ShardBatch>,
     mut writer: Box<dyn HistoryWriter>,
@@ -76,12 +79,20 @@ pub fn run(
         }
         metrics::histogram!(crate::metrics::GROUP_FIXES).record(fixes.len() as f64);
         let mut flagged = 0;
+        let mut staged = None;
         if let Some(w) = watcher.as_mut() {
             events.clear();
             let now = now_ms();
             flagged = w.process(&mut fixes, now, &mut events);
             if !events.is_empty() {
-                if let Err(error) = w.store().append_events(&events, now) {
+                let stored = if writer.links_events() {
+                    w.store()
+                        .stage_events(&events, now)
+                        .map(|s| staged = Some(s))
+                } else {
+                    w.store().append_events(&events, now)
+                };
+                if let Err(error) = stored {
                     tracing::error!(message = "storing events failed", %error);
                     w.forget(&fixes);
                     for b in group.drain(..) {
@@ -89,11 +100,29 @@ pub fn run(
                     }
                     continue;
                 }
-                crate::watcher::count_events(&events);
             }
         }
         is_new.clear();
-        let appended = writer.append(&fixes, &mut is_new);
+        let mut appended = match staged.as_ref().and_then(|s| s.record) {
+            Some(record) => writer.append_linked(&fixes, &mut is_new, record),
+            None => writer.append(&fixes, &mut is_new),
+        };
+        if let Some(s) = staged.take() {
+            // Always waited for (it hands the record on); the group is acked only if both hold.
+            match s.durable() {
+                Ok(()) => crate::watcher::count_events(&events),
+                Err(error) => {
+                    if appended.is_ok() {
+                        // The fixes are on disk and their events may not be: no more writes
+                        // until restart, whose recovery drops them (the group is not acked).
+                        writer.refuse();
+                        appended = Err(crate::history::HistoryError::Engine(error.to_string()));
+                    }
+                }
+            }
+        } else if !events.is_empty() {
+            crate::watcher::count_events(&events);
+        }
         if appended.is_err()
             && let Some(w) = watcher.as_mut()
         {

@@ -623,13 +623,12 @@ async fn storage_phase(
     server.stop().await?;
     // Reopen, close every bucket and compact it, as the upkeep thread does an hour later.
     let (history_bytes, buckets) = {
-        let dir = store_dir.join("history");
+        let dir = store_dir.clone();
         let span = config.span()?;
         let embedded = kickstand_engine::history::embedded::EmbeddedConfig::default();
         tokio::task::spawn_blocking(move || -> anyhow::Result<(u64, u64)> {
             use kickstand_engine::history::HistoryStore;
-            let h =
-                kickstand_engine::history::embedded::EmbeddedHistory::open(&dir, span, embedded)?;
+            let h = kickstand_engine::history::open_embedded_offline(&dir, span, embedded)?;
             h.maintain(now_ms() + 86_400_000)?;
             h.settle()?;
             let stats = h.stats()?;

@@ -9,7 +9,6 @@ use figment::providers::Serialized;
 use indicatif::{ProgressBar, ProgressStyle};
 use kickstand_domain::VehicleId;
 use kickstand_domain::timefmt::parse_query_time;
-use kickstand_engine::history::embedded::EmbeddedHistory;
 use kickstand_engine::history::{BucketFixes, HistoryKind, HistoryStore};
 use kickstand_http::json;
 use std::io::Write;
@@ -76,8 +75,8 @@ pub fn run(args: ExportArgs) -> anyhow::Result<()> {
                 settings.data_dir.display()
             );
             Arc::new(
-                EmbeddedHistory::open(
-                    &dir,
+                kickstand_engine::history::open_embedded_offline(
+                    &settings.data_dir,
                     settings.engine.span()?,
                     settings.history.embedded.clone(),
                 )
@@ -92,6 +91,7 @@ pub fn run(args: ExportArgs) -> anyhow::Result<()> {
             &settings.data_dir,
             settings.engine.span()?,
             settings.engine.retain_days,
+            None,
         )
         .context("cannot open the history store")?,
     };

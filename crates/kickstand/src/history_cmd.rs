@@ -8,7 +8,7 @@ use anyhow::Context;
 use indicatif::{ProgressBar, ProgressStyle};
 use kickstand_domain::timefmt::{format_ms, parse_query_time};
 use kickstand_domain::{BucketSpan, Fix};
-use kickstand_engine::history::embedded::{EmbeddedConfig, EmbeddedHistory};
+use kickstand_engine::history::embedded::EmbeddedConfig;
 use kickstand_engine::history::mongodb::{MongoConfig, MongoHistory, MongoLayout};
 use kickstand_engine::history::postgres::{PostgresConfig, PostgresHistory};
 use kickstand_engine::history::{HistoryStore, HistoryWriter};
@@ -172,14 +172,17 @@ fn open(
                 dir.display()
             );
             Box::new(
-                EmbeddedHistory::open(&path, span, EmbeddedConfig::default()).with_context(
-                    || {
-                        format!(
-                            "cannot open {} (is a server running on it?)",
-                            path.display()
-                        )
-                    },
-                )?,
+                kickstand_engine::history::open_embedded_offline(
+                    dir,
+                    span,
+                    EmbeddedConfig::default(),
+                )
+                .with_context(|| {
+                    format!(
+                        "cannot open {} (is a server running on it?)",
+                        path.display()
+                    )
+                })?,
             )
         }
         Location::Postgres(c) => Box::new(PostgresHistory::open(c, span)?),

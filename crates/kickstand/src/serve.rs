@@ -229,14 +229,17 @@ async fn serve(mut settings: Settings, roles: BTreeSet<Role>) -> anyhow::Result<
         )
     })?;
     let span = settings.engine.span()?;
+    // The fleet store first: the embedded history asks it which write-ahead log records to keep.
+    let fleet = open_fleet(&settings).await?;
     let history = {
         let (cfg, dir, retain) = (
             settings.history.clone(),
             settings.data_dir.clone(),
             settings.engine.retain_days,
         );
+        let store = fleet.store.clone();
         tokio::task::spawn_blocking(move || {
-            kickstand_engine::history::open(&cfg, &dir, span, retain)
+            kickstand_engine::history::open(&cfg, &dir, span, retain, Some(store.as_ref()))
         })
         .await?
         .with_context(|| format!("cannot open the {:?} history store", settings.history.kind))?
@@ -267,7 +270,6 @@ async fn serve(mut settings: Settings, roles: BTreeSet<Role>) -> anyhow::Result<
         Some(t) => t.clone(),
         None => Arc::new(NoIngest),
     };
-    let fleet = open_fleet(&settings).await?;
     let engine = {
         let (state, history, cfg) = (state.clone(), history.clone(), settings.engine.clone());
         let (transport, fleet) = (transport.clone(), fleet.clone());

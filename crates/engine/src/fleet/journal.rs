@@ -1,7 +1,7 @@
 //! The embedded fleet store's event journal: where an event becomes durable.
 //!
-//! Workers append the events of a group here, one record per group, and `fdatasync` it before
-//! the group's fixes go to history and are acked; the store's writer thread then moves them into
+//! Workers append the events of a group here, one record per group, and a record is durable
+//! before the group's fixes are acked; the store's writer thread then moves them into
 //! `fleet.db` in large batches, beside the ack path instead of on it (BENCHMARKS.md, "Fleet
 //! intelligence: the event journal"). The journal is a directory of segments in the history
 //! WAL's framing (`len | crc32 | payload`, see [`wal`]); each record carries a number that
@@ -13,9 +13,17 @@
 //! Record payload: `record: u64 LE | recorded_at: i64 LE | count: u32 LE`, then per event
 //! `len: u32 LE | the event's JSON`.
 //!
+//! Syncing: a worker [`stage`](Journal::stage)s its record (written, not synced) and asks the
+//! journal's sync thread for it, writes the group's fixes to history (its own `fdatasync`) while
+//! the journal's runs, then [`wait_durable`](Journal::wait_durable)s: the two syncs of a group
+//! overlap instead of following each other, and one journal sync covers the records of every
+//! worker written before it (ADR 0024). History marks such a group's record with the journal
+//! record's number and drops it at recovery unless that record is durable.
+//!
 //! **Architecture Invariant:** records are written in the order of their numbers (one lock),
-//! `fdatasync`s run outside the lock, and a record is only handed to the writer thread after
-//! its sync returned, so a sync covers every record written before it.
+//! `fdatasync`s run outside the lock (a segment being left is synced under it), and a record is
+//! only handed to the writer thread after a sync that started after it was written returned,
+//! so a sync covers every record written before it.
 
 use crate::history::embedded::wal;
 use parking_lot::{Condvar, Mutex};
@@ -24,6 +32,7 @@ use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 /// A segment is closed and a new one started once it holds this many bytes.
@@ -51,17 +60,6 @@ struct Tail {
     poisoned: bool,
 }
 
-/// An append that failed.
-#[derive(Debug)]
-pub(crate) struct AppendError {
-    /// The record's number when it was written but its sync failed: the caller still hands it
-    /// to the writer thread (its events may be on disk; storing them is harmless because the
-    /// group is not acked and its retry makes the same events), so later records do not wait
-    /// for it.
-    pub record: Option<u64>,
-    pub error: io::Error,
-}
-
 /// How far the writer thread has come, for backpressure and for queries that must see every
 /// event appended before them.
 #[derive(Default)]
@@ -72,13 +70,77 @@ struct Progress {
     indexed: u64,
 }
 
+/// What the sync thread has done and been asked for.
+#[derive(Default)]
+struct SyncState {
+    /// The highest record someone waits to see durable.
+    wanted: u64,
+    /// Every record up to this one is durable.
+    synced: u64,
+    /// A sync failed: nothing written after the last good sync can be trusted to be on disk.
+    failed: Option<String>,
+    /// The journal is being dropped: the sync thread ends once nothing is wanted.
+    closed: bool,
+}
+
+/// The sync thread's side of the journal.
+struct Syncs {
+    state: Mutex<SyncState>,
+    /// Signals the sync thread that a record is wanted (or the journal closes).
+    work: Condvar,
+    /// Signals waiters that `synced` moved or a sync failed.
+    done: Condvar,
+}
+
 pub(crate) struct Journal {
     dir: PathBuf,
-    tail: Mutex<Tail>,
+    tail: Arc<Mutex<Tail>>,
     progress: Mutex<Progress>,
     moved: Condvar,
     /// Events appended and not yet indexed above which appends wait (backpressure).
     max_backlog: usize,
+    syncs: Arc<Syncs>,
+    syncer: Option<JoinHandle<()>>,
+}
+
+/// The sync thread: syncs the segment being written whenever a record is wanted, covering
+/// every record written before the sync started (of every worker).
+fn sync_loop(tail: Arc<Mutex<Tail>>, syncs: Arc<Syncs>) {
+    loop {
+        {
+            let mut s = syncs.state.lock();
+            while s.wanted <= s.synced && !s.closed {
+                syncs.work.wait(&mut s);
+            }
+            if s.wanted <= s.synced || s.failed.is_some() {
+                return;
+            }
+        }
+        // Records up to `target` are in this file or in segments synced when they were left.
+        let (file, target) = {
+            let t = tail.lock();
+            (t.file.clone(), t.next - 1)
+        };
+        let started = Instant::now();
+        let result = file.sync_data();
+        metrics::histogram!(crate::metrics::EVENT_JOURNAL_SYNC_SECONDS)
+            .record(started.elapsed().as_secs_f64());
+        let failed = result.is_err();
+        {
+            let mut s = syncs.state.lock();
+            match result {
+                Ok(()) => s.synced = s.synced.max(target),
+                Err(error) => s.failed = Some(error.to_string()),
+            }
+        }
+        syncs.done.notify_all();
+        if failed {
+            // After a failed sync the kernel may have dropped the pages; nothing written
+            // later can be trusted to be on disk either.
+            tail.lock().poisoned = true;
+            return;
+        }
+    }
 }
 
 fn read_record(payload: &[u8]) -> Option<Recovered> {
@@ -151,56 +213,92 @@ impl Journal {
             .open(wal::segment_path(dir, seg))?;
         wal::sync_dir(dir)?;
         segments.push_back((seg, last + 1));
+        let tail = Arc::new(Mutex::new(Tail {
+            file: Arc::new(file),
+            seg,
+            len: 0,
+            next: last + 1,
+            segments,
+            poisoned: false,
+        }));
+        let syncs = Arc::new(Syncs {
+            state: Mutex::new(SyncState {
+                wanted: last,
+                synced: last,
+                ..SyncState::default()
+            }),
+            work: Condvar::new(),
+            done: Condvar::new(),
+        });
+        let syncer = {
+            let (tail, syncs) = (tail.clone(), syncs.clone());
+            std::thread::Builder::new()
+                .name("event-journal-sync".into())
+                .spawn(move || sync_loop(tail, syncs))?
+        };
         let journal = Journal {
             dir: dir.to_owned(),
-            tail: Mutex::new(Tail {
-                file: Arc::new(file),
-                seg,
-                len: 0,
-                next: last + 1,
-                segments,
-                poisoned: false,
-            }),
+            tail,
             progress: Mutex::new(Progress {
                 backlog: 0,
                 indexed,
             }),
             moved: Condvar::new(),
             max_backlog,
+            syncs,
+            syncer: Some(syncer),
         };
         Ok((journal, pending))
     }
 
-    /// Writes one record of `bodies` and waits until it is on disk; returns its number. Waits
-    /// first while the writer thread is more than `max_backlog` events behind.
-    pub fn append(&self, recorded_at: i64, bodies: &[String]) -> Result<u64, AppendError> {
+    /// Writes one record of `bodies` without waiting for it to reach the disk, and asks the
+    /// sync thread for it; returns its number, for [`wait_durable`](Journal::wait_durable).
+    /// Waits first while the writer thread is more than `max_backlog` events behind.
+    pub fn stage(&self, recorded_at: i64, bodies: &[String]) -> io::Result<u64> {
         {
             let mut p = self.progress.lock();
             let deadline = Instant::now() + Duration::from_secs(30);
             while p.backlog >= self.max_backlog {
                 if self.moved.wait_until(&mut p, deadline).timed_out() {
-                    return Err(AppendError {
-                        record: None,
-                        error: io::Error::other(
-                            "the fleet store's writer is more than 30 s behind the event journal",
-                        ),
-                    });
+                    return Err(io::Error::other(
+                        "the fleet store's writer is more than 30 s behind the event journal",
+                    ));
                 }
             }
             p.backlog += bodies.len();
         }
         let result = self.write(recorded_at, bodies);
-        if let Err(AppendError { record: None, .. }) = &result {
-            self.abandoned(bodies.len());
+        match result {
+            Ok(record) => {
+                let mut s = self.syncs.state.lock();
+                s.wanted = s.wanted.max(record);
+                drop(s);
+                self.syncs.work.notify_one();
+            }
+            Err(_) => self.abandoned(bodies.len()),
         }
         result
     }
 
-    fn write(&self, recorded_at: i64, bodies: &[String]) -> Result<u64, AppendError> {
-        let failed = |error| AppendError {
-            record: None,
-            error,
-        };
+    /// Waits until record `record` (staged by this process) is on disk. An error means it may
+    /// not be: the journal takes nothing more until the process restarts. Either way the
+    /// caller hands the record to the writer thread (its events may be on disk; storing them is
+    /// harmless because the group is not acked and its retry makes the same events), so later
+    /// records do not wait for it.
+    pub fn wait_durable(&self, record: u64) -> io::Result<()> {
+        let mut s = self.syncs.state.lock();
+        while s.synced < record {
+            if let Some(error) = &s.failed {
+                return Err(io::Error::other(format!(
+                    "syncing the event journal failed: {error}"
+                )));
+            }
+            self.syncs.done.wait(&mut s);
+        }
+        Ok(())
+    }
+
+    fn write(&self, recorded_at: i64, bodies: &[String]) -> io::Result<u64> {
         let mut buf = Vec::with_capacity(28 + bodies.iter().map(|b| b.len() + 4).sum::<usize>());
         wal::begin_record(&mut buf);
         buf.extend_from_slice(&[0; 8]);
@@ -210,21 +308,29 @@ impl Journal {
             buf.extend_from_slice(&(b.len() as u32).to_le_bytes());
             buf.extend_from_slice(b.as_bytes());
         }
-        let (record, file) = {
+        let record = {
             let mut t = self.tail.lock();
             if t.poisoned {
-                return Err(failed(io::Error::other(
+                return Err(io::Error::other(
                     "an earlier write to the event journal failed; restart the process",
-                )));
+                ));
             }
             if t.len >= SEGMENT_BYTES {
+                // The sync thread only syncs the segment being written: what this one holds
+                // is synced now, before it is left.
+                if let Err(error) = t.file.sync_data() {
+                    t.poisoned = true;
+                    // Records staged into it and not synced yet are not durable either.
+                    self.syncs.state.lock().failed = Some(error.to_string());
+                    self.syncs.done.notify_all();
+                    return Err(error);
+                }
                 let seg = t.seg + 1;
                 let file = OpenOptions::new()
                     .create_new(true)
                     .write(true)
-                    .open(wal::segment_path(&self.dir, seg))
-                    .map_err(failed)?;
-                wal::sync_dir(&self.dir).map_err(failed)?;
+                    .open(wal::segment_path(&self.dir, seg))?;
+                wal::sync_dir(&self.dir)?;
                 let first = t.next;
                 t.segments.push_back((seg, first));
                 t.file = Arc::new(file);
@@ -236,21 +342,12 @@ impl Journal {
             wal::seal(&mut buf);
             if let Err(error) = (&*t.file).write_all(&buf) {
                 t.poisoned = true;
-                return Err(failed(error));
+                return Err(error);
             }
             t.next += 1;
             t.len += buf.len() as u64;
-            (record, t.file.clone())
+            record
         };
-        file.sync_data().map_err(|error| {
-            // After a failed sync the kernel may have dropped the pages; nothing written
-            // later can be trusted to be on disk either.
-            self.tail.lock().poisoned = true;
-            AppendError {
-                record: Some(record),
-                error,
-            }
-        })?;
         Ok(record)
     }
 
@@ -292,7 +389,7 @@ impl Journal {
         self.moved.notify_all();
     }
 
-    /// Whether every record appended so far is in `fleet.db`.
+    /// Whether every record staged so far is in `fleet.db`.
     pub fn caught_up(&self) -> bool {
         let head = self.head();
         self.progress.lock().indexed >= head
@@ -310,6 +407,26 @@ impl Journal {
             }
         }
         true
+    }
+}
+
+impl Drop for Journal {
+    fn drop(&mut self) {
+        self.syncs.state.lock().closed = true;
+        self.syncs.work.notify_one();
+        if let Some(t) = self.syncer.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+#[cfg(test)]
+impl Journal {
+    /// Stages a record and waits until it is durable.
+    pub(crate) fn append(&self, recorded_at: i64, bodies: &[String]) -> io::Result<u64> {
+        let record = self.stage(recorded_at, bodies)?;
+        self.wait_durable(record)?;
+        Ok(record)
     }
 }
 
@@ -391,6 +508,46 @@ mod tests {
         assert_eq!(wal::list_segments(dir.path()).unwrap().len(), 2);
         j.indexed(3, 0);
         assert_eq!(wal::list_segments(dir.path()).unwrap().len(), 1);
+    }
+
+    /// Workers stage records and wait for them while the sync thread syncs: every record
+    /// staged comes back at the next open, in order, once its wait returned.
+    #[test]
+    fn staged_records_of_many_threads_are_durable_once_waited_for() {
+        let dir = tempfile::tempdir().unwrap();
+        let (j, _) = Journal::open(dir.path(), 0, 100_000).unwrap();
+        let j = Arc::new(j);
+        let threads: Vec<_> = (0..4)
+            .map(|t| {
+                let j = j.clone();
+                std::thread::spawn(move || {
+                    (0..50)
+                        .map(|i| {
+                            let record = j.stage(i, &bodies(2, &format!("t{t}-{i}"))).unwrap();
+                            j.wait_durable(record).unwrap();
+                            record
+                        })
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        let mut records: Vec<u64> = threads
+            .into_iter()
+            .flat_map(|t| t.join().unwrap())
+            .collect();
+        records.sort_unstable();
+        assert_eq!(records, (1..=200).collect::<Vec<_>>());
+        // Staged and not waited for: written, and made durable by the sync thread anyway.
+        let last = j.stage(99, &bodies(1, "last")).unwrap();
+        drop(j);
+        let (_, pending) = Journal::open(dir.path(), 0, 100_000).unwrap();
+        let numbers: Vec<u64> = pending.iter().map(|r| r.record).collect();
+        assert_eq!(numbers, (1..=last).collect::<Vec<_>>());
+        assert!(
+            pending
+                .iter()
+                .all(|r| r.bodies.len() == 2 || r.record == last)
+        );
     }
 
     #[test]

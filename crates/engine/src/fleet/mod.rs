@@ -11,7 +11,9 @@
 //! the background; its queries wait for that); appending an event whose id is already stored
 //! does nothing (ids are deterministic, see [`Event::make_id`]), so a batch processed twice
 //! stores its events once; sequence numbers only grow, so "everything after `seq`" never misses
-//! an event that was committed before the call.
+//! an event that was committed before the call. `stage_events` is `append_events` in two steps
+//! for a worker that writes the group's fixes meanwhile (ADR 0024): the events are durable once
+//! `StagedEvents::durable` returned, and a store that cannot split the work stores them at once.
 
 mod blocks;
 pub mod config;
@@ -76,6 +78,50 @@ pub struct FleetError(pub String);
 
 pub type FleetResult<T> = Result<T, FleetError>;
 
+/// Events on their way to being durable ([`FleetStore::stage_events`]).
+#[must_use = "staged events are durable only once `durable` returned"]
+pub struct StagedEvents {
+    /// The number of the journal record that holds them, while it may not be durable yet.
+    pub record: Option<u64>,
+    finish: Option<Box<dyn FnOnce() -> FleetResult<()> + Send>>,
+}
+
+impl StagedEvents {
+    /// Events that are durable already.
+    pub fn durable_now() -> StagedEvents {
+        StagedEvents {
+            record: None,
+            finish: None,
+        }
+    }
+
+    /// Events in journal record `record`, durable once `finish` returned `Ok`.
+    pub fn in_record(
+        record: u64,
+        finish: impl FnOnce() -> FleetResult<()> + Send + 'static,
+    ) -> StagedEvents {
+        StagedEvents {
+            record: Some(record),
+            finish: Some(Box::new(finish)),
+        }
+    }
+
+    /// Waits until the events are durable (and hands them on to be indexed). Dropping staged
+    /// events does the same without the answer: a staged record is always handed on, or the
+    /// store would wait for it forever.
+    pub fn durable(mut self) -> FleetResult<()> {
+        self.finish.take().map_or(Ok(()), |f| f())
+    }
+}
+
+impl Drop for StagedEvents {
+    fn drop(&mut self) {
+        if let Some(f) = self.finish.take() {
+            let _ = f();
+        }
+    }
+}
+
 /// The fleet store port.
 pub trait FleetStore: Send + Sync + 'static {
     /// Inserts or replaces a geofence (by id) and bumps the geofence version.
@@ -90,6 +136,21 @@ pub trait FleetStore: Send + Sync + 'static {
 
     /// Stores the events not stored yet (by id), in order, durably before it returns.
     fn append_events(&self, events: &[Event], recorded_at: i64) -> FleetResult<()>;
+    /// Starts storing `events` like `append_events`, without waiting for them to be durable
+    /// when the store can: the events are in a journal record (`record`) whose sync runs while
+    /// the caller writes the group's fixes, and `durable` waits for it. A caller that lets the
+    /// fixes become durable first must make history drop them at recovery unless
+    /// [`event_record_durable`](FleetStore::event_record_durable) says the record is (ADR
+    /// 0024). Stores without a journal store the events here, durably.
+    fn stage_events(&self, events: &[Event], recorded_at: i64) -> FleetResult<StagedEvents> {
+        self.append_events(events, recorded_at)?;
+        Ok(StagedEvents::durable_now())
+    }
+    /// Whether journal record `record` was durable when the store opened (asked while
+    /// history recovers, before anything new is staged). Stores without a journal: always.
+    fn event_record_durable(&self, _record: u64) -> bool {
+        true
+    }
     /// Events matching `q`, by sequence number.
     fn events(&self, q: &EventQuery) -> FleetResult<Vec<StoredEvent>>;
     /// The highest sequence number given so far (0 when there is none).

@@ -1,8 +1,9 @@
 //! The embedded fleet store: one SQLite file (`fleet.db` in the data directory) in WAL mode,
 //! with an event journal beside it (`fleet.events/`, see [`journal`](super::journal)).
 //!
-//! Durability: an event is on disk, in the journal, before the fixes that caused it are
-//! appended and acked, even across a power cut; the writer thread moves journalled events into
+//! Durability: an event is on disk, in the journal, before the fixes that caused it are acked,
+//! even across a power cut (its sync may run while the fixes are written, in which case history
+//! drops them at recovery unless the journal record survived: ADR 0024); the writer thread moves journalled events into
 //! `fleet.db` in large batches off the ack path, and queries wait until it has caught up with
 //! every append made before them. Geofence writes go straight to `fleet.db` with
 //! `synchronous = FULL`. Events are kept in blocks of up to 64 per row (see
@@ -13,9 +14,9 @@
 //! `PRAGMA user_version` and applied in order at open.
 
 use super::blocks::{self, BlockEvent, Builder};
-use super::journal::{AppendError, Journal};
+use super::journal::Journal;
 use super::vindex::{self, VehicleIndex};
-use super::{EventQuery, FleetError, FleetResult, FleetStore, Geofence, StoredEvent};
+use super::{EventQuery, FleetError, FleetResult, FleetStore, Geofence, StagedEvents, StoredEvent};
 use crossbeam_channel::{Receiver, Sender};
 use kickstand_domain::event::{Event, EventKind};
 use kickstand_domain::zone::{Area, ZoneKind};
@@ -103,6 +104,9 @@ pub struct SqliteFleetStore {
     read: Mutex<Connection>,
     index: Arc<VehicleIndex>,
     journal: Arc<Journal>,
+    /// The journal as it was found at open: every record up to `.0` was in `fleet.db`, and
+    /// `.1` (sorted) were intact after it. History asks while it recovers.
+    opened: (u64, Vec<u64>),
 }
 
 /// An event ready to insert: serialised by the caller's thread, so the one writer thread only
@@ -217,6 +221,7 @@ impl SqliteFleetStore {
         let journal_dir = path.with_extension("events");
         let (journal, pending) = Journal::open(&journal_dir, indexed, MAX_BACKLOG)
             .map_err(|e| err(format!("{}: {e}", journal_dir.display())))?;
+        let opened = (indexed, pending.iter().map(|r| r.record).collect());
         let indexed = replay(&mut write, &index, pending)?.unwrap_or(indexed);
         journal.indexed(indexed, 0);
         let journal = Arc::new(journal);
@@ -243,6 +248,7 @@ impl SqliteFleetStore {
             read: Mutex::new(read),
             index,
             journal,
+            opened,
         })
     }
 
@@ -874,23 +880,25 @@ impl FleetStore for SqliteFleetStore {
     }
 
     fn append_events(&self, events: &[Event], recorded_at: i64) -> FleetResult<()> {
+        self.stage_events(events, recorded_at)?.durable()
+    }
+
+    /// Writes the journal record and asks for its sync; the rows for `fleet.db` are made while
+    /// the sync runs, and go to the writer thread once it returned (or failed: the events may
+    /// be on disk, storing them is harmless since the group is not acked and its retry makes
+    /// the same events, and later records must not wait for this one).
+    fn stage_events(&self, events: &[Event], recorded_at: i64) -> FleetResult<StagedEvents> {
         if events.is_empty() {
-            return Ok(());
+            return Ok(StagedEvents::durable_now());
         }
         let mut bodies = Vec::with_capacity(events.len());
         for e in events {
             bodies.push(serde_json::to_string(e).map_err(err)?);
         }
-        let (record, failed) = match self.journal.append(recorded_at, &bodies) {
-            Ok(record) => (record, None),
-            Err(AppendError {
-                record: Some(record),
-                error,
-            }) => (record, Some(error)),
-            Err(AppendError { error, .. }) => {
-                return Err(err(format!("the event journal failed: {error}")));
-            }
-        };
+        let record = self
+            .journal
+            .stage(recorded_at, &bodies)
+            .map_err(|error| err(format!("the event journal failed: {error}")))?;
         let rows = events
             .iter()
             .zip(bodies)
@@ -900,17 +908,18 @@ impl FleetStore for SqliteFleetStore {
             record,
             events: Record { rows, recorded_at },
         };
-        if self
-            .jobs
-            .as_ref()
-            .is_none_or(|jobs| jobs.send(job).is_err())
-        {
-            return Err(FleetError("the fleet store's writer has stopped".into()));
-        }
-        match failed {
-            None => Ok(()),
-            Some(error) => Err(err(format!("syncing the event journal failed: {error}"))),
-        }
+        let (journal, jobs) = (self.journal.clone(), self.jobs.clone());
+        Ok(StagedEvents::in_record(record, move || {
+            let synced = journal.wait_durable(record);
+            if jobs.is_none_or(|jobs| jobs.send(job).is_err()) {
+                return Err(FleetError("the fleet store's writer has stopped".into()));
+            }
+            synced.map_err(err)
+        }))
+    }
+
+    fn event_record_durable(&self, record: u64) -> bool {
+        record <= self.opened.0 || self.opened.1.binary_search(&record).is_ok()
     }
 
     fn events(&self, q: &EventQuery) -> FleetResult<Vec<StoredEvent>> {

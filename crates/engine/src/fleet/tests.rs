@@ -74,6 +74,12 @@ impl<T: FleetStore + ?Sized> FleetStore for Arc<T> {
     fn append_events(&self, events: &[Event], recorded_at: i64) -> FleetResult<()> {
         (**self).append_events(events, recorded_at)
     }
+    fn stage_events(&self, events: &[Event], recorded_at: i64) -> FleetResult<StagedEvents> {
+        (**self).stage_events(events, recorded_at)
+    }
+    fn event_record_durable(&self, record: u64) -> bool {
+        (**self).event_record_durable(record)
+    }
     fn events(&self, q: &EventQuery) -> FleetResult<Vec<StoredEvent>> {
         (**self).events(q)
     }
@@ -996,6 +1002,106 @@ fn sqlite_journalled_events_missing_from_the_file_are_stored_at_open() {
         .unwrap()
         .count();
     assert!(segments <= 2, "{segments} journal segments kept");
+}
+
+/// A group's fixes may reach history's write-ahead log before its events reach the journal
+/// (the two syncs overlap, ADR 0024). After a crash, history keeps a linked record only if its
+/// journal record survived (in `fleet.db` or intact in the journal); a tool opening history
+/// without the fleet store is refused rather than keep fixes whose events are gone.
+#[test]
+fn history_keeps_a_group_only_if_its_events_reached_the_journal() {
+    use crate::history::HistoryStore;
+    use crate::history::embedded::{EmbeddedConfig, EmbeddedHistory};
+    use kickstand_domain::{BucketSpan, Fix, Point};
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path();
+    let fixes = |vehicle: &str| -> Vec<Fix> {
+        (0..3)
+            .map(|i| Fix {
+                vehicle_id: vid(vehicle),
+                point: Point {
+                    ts: T0 + i * 1_000,
+                    lat_e6: 37_500_000,
+                    lon_e6: -122_000_000,
+                    ..Point::default()
+                },
+            })
+            .collect()
+    };
+    let config = EmbeddedConfig::default;
+    let history = {
+        let fleet = SqliteFleetStore::open(&data.join("fleet.db")).unwrap();
+        EmbeddedHistory::open_with_events(&data.join("history"), BucketSpan::HOUR, config(), &|r| {
+            fleet.event_record_durable(r)
+        })
+        .unwrap()
+    };
+    let mut writer = history.writer(0).unwrap();
+    assert!(writer.links_events());
+    let mut is_new = Vec::new();
+    {
+        // Acked: events durable and handed on, so in `fleet.db` at the next open.
+        let fleet = SqliteFleetStore::open(&data.join("fleet.db")).unwrap();
+        let staged = fleet
+            .stage_events(&[ev("acked", EventKind::BatteryLow, T0, None)], T0)
+            .unwrap();
+        writer
+            .append_linked(&fixes("acked"), &mut is_new, staged.record.unwrap())
+            .unwrap();
+        staged.durable().unwrap();
+    }
+    {
+        // The process dies before either of the next two groups is acked or handed on to
+        // `fleet.db`: the first one's journal record is intact on disk, the second one's is
+        // torn below.
+        let (journal, pending) =
+            super::journal::Journal::open(&data.join("fleet.events"), 1, 1_000).unwrap();
+        assert!(pending.is_empty(), "record 1 is in fleet.db");
+        for vehicle in ["intact", "torn"] {
+            let body = serde_json::to_string(&ev(vehicle, EventKind::BatteryLow, T0, None));
+            let record = journal.stage(T0, &[body.unwrap()]).unwrap();
+            writer
+                .append_linked(&fixes(vehicle), &mut is_new, record)
+                .unwrap();
+        }
+        assert_eq!(is_new, vec![true; 9]);
+    }
+    // No close: history's write-ahead log is all there is of these fixes.
+    drop(writer);
+    drop(history);
+    let journal = data.join("fleet.events");
+    let segment = std::fs::read_dir(&journal)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .max()
+        .unwrap();
+    let len = std::fs::metadata(&segment).unwrap().len();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&segment)
+        .unwrap()
+        .set_len(len - 3)
+        .unwrap();
+    let refused = EmbeddedHistory::open(&data.join("history"), BucketSpan::HOUR, config())
+        .err()
+        .expect("history alone cannot tell which fixes to keep");
+    assert!(refused.to_string().contains("fleet store"), "{refused}");
+    let history = crate::history::open_embedded_offline(data, BucketSpan::HOUR, config()).unwrap();
+    let points = |vehicle: &str| history.track(&vid(vehicle), T0, T0 + MIN).unwrap().len();
+    assert_eq!(points("acked"), 3);
+    assert_eq!(points("intact"), 3, "its events survived: the group stays");
+    assert_eq!(
+        points("torn"),
+        0,
+        "its events are gone: the group goes, and is sent again"
+    );
+    drop(history);
+    let fleet = SqliteFleetStore::open(&data.join("fleet.db")).unwrap();
+    let vehicles: Vec<String> = all(&fleet)
+        .iter()
+        .map(|e| e.event.vehicle_id.as_str().to_owned())
+        .collect();
+    assert_eq!(vehicles, ["acked", "intact"]);
 }
 
 /// The vehicle index beside `fleet.db` is derived data: deleted (or behind after a crash), it

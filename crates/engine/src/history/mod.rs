@@ -18,7 +18,7 @@ pub mod postgres;
 #[cfg(test)]
 mod tests;
 
-pub use config::{HistoryConfig, HistoryKind, open};
+pub use config::{HistoryConfig, HistoryKind, open, open_embedded_offline};
 
 use kickstand_domain::{Fix, Point, VehicleId};
 
@@ -97,6 +97,31 @@ pub trait HistoryWriter: Send {
     /// Appends `fixes` durably. For each fix, in order, pushes to `is_new` whether it was stored
     /// (`true`) or was already there (`false`). A fix repeated within `fixes` counts once.
     fn append(&mut self, fixes: &[Fix], is_new: &mut Vec<bool>) -> Result<(), HistoryError>;
+
+    /// Whether [`append_linked`](HistoryWriter::append_linked) keeps its promise: the record
+    /// names the event journal record, and the store drops it at recovery unless that record
+    /// is durable (ADR 0024). Writers that cannot make events wait for durability first.
+    fn links_events(&self) -> bool {
+        false
+    }
+
+    /// `append` for a group whose events are in event journal record `events_record`, which
+    /// may become durable only after this returns. If it then does not, the caller must call
+    /// [`refuse`](HistoryWriter::refuse) before anything else. Only called when
+    /// [`links_events`](HistoryWriter::links_events).
+    fn append_linked(
+        &mut self,
+        fixes: &[Fix],
+        is_new: &mut Vec<bool>,
+        events_record: u64,
+    ) -> Result<(), HistoryError> {
+        let _ = events_record;
+        self.append(fixes, is_new)
+    }
+
+    /// The events of the last linked append did not become durable: refuse every write until
+    /// the process restarts, so the record is dropped by recovery and never checkpointed.
+    fn refuse(&mut self) {}
 
     /// Time passes: lets the writer checkpoint when it is due. Called when the worker is idle.
     fn tick(&mut self) -> Result<(), HistoryError>;

@@ -6,8 +6,12 @@
 //!    only for fixes that are not newer), writes the new fixes as one binary WAL record and
 //!    `fdatasync`s it: one sync per group of requests (group commit). Only then are the fixes
 //!    visible in the shard's memtable and reported new.
+//!    A group whose events were staged in the fleet store's journal (`append_linked`) starts
+//!    its record with the journal record's number; the two syncs run at once, and recovery
+//!    drops such a record unless the journal record is durable (the group was never acked).
 //! 2. When the memtable holds `checkpoint_fixes` fixes, or `checkpoint_interval_ms` passed, the
-//!    writer starts a new WAL segment and hands the frozen memtable to the flusher thread, which
+//!    writer (at its next append or tick, so never before a linked record's events are durable)
+//!    starts a new WAL segment and hands the frozen memtable to the flusher thread, which
 //!    encodes one columnar chunk per `(vehicle, bucket)`, writes chunks, index entries, the
 //!    latest fix per vehicle and the checkpointed segment number in one atomic batch, persists
 //!    it, and only then deletes the old segments.
@@ -182,11 +186,34 @@ pub struct EmbeddedHistory {
 
 impl EmbeddedHistory {
     /// Opens (or creates) the store in `dir`, replays any WAL left by a crash into the engine,
-    /// and starts the flusher thread.
+    /// and starts the flusher thread. Refuses a WAL with records linked to the fleet store's
+    /// event journal (left by a crash of a server computing events): only
+    /// [`open_with_events`](EmbeddedHistory::open_with_events) can tell which to keep.
     pub fn open(
         dir: &Path,
         span: BucketSpan,
         config: EmbeddedConfig,
+    ) -> Result<Self, HistoryError> {
+        Self::open_inner(dir, span, config, None)
+    }
+
+    /// [`open`](EmbeddedHistory::open), keeping a WAL record linked to event journal record
+    /// `r` only if `events_durable(r)` (the fleet store's
+    /// [`event_record_durable`](crate::fleet::FleetStore::event_record_durable)).
+    pub fn open_with_events(
+        dir: &Path,
+        span: BucketSpan,
+        config: EmbeddedConfig,
+        events_durable: &dyn Fn(u64) -> bool,
+    ) -> Result<Self, HistoryError> {
+        Self::open_inner(dir, span, config, Some(events_durable))
+    }
+
+    fn open_inner(
+        dir: &Path,
+        span: BucketSpan,
+        config: EmbeddedConfig,
+        events_durable: Option<&dyn Fn(u64) -> bool>,
     ) -> Result<Self, HistoryError> {
         std::fs::create_dir_all(dir)?;
         // Durability comes from our own WAL and an explicit persist per checkpoint; the
@@ -259,7 +286,7 @@ impl EmbeddedHistory {
             poisoned: AtomicBool::new(false),
             flush_tx,
         });
-        inner.recover()?;
+        inner.recover(events_durable)?;
         let weak = Arc::downgrade(&inner);
         std::thread::Builder::new()
             .name("history-flusher".into())
@@ -297,8 +324,18 @@ impl Inner {
         self.wal_dir.join(format!("shard-{shard}"))
     }
 
-    /// Replays every WAL segment newer than its shard's checkpoint into the engine.
-    fn recover(&self) -> Result<(), HistoryError> {
+    /// Replays every WAL segment newer than its shard's checkpoint into the engine, without the
+    /// records whose events never became durable (`events_durable`; none may be linked without
+    /// it).
+    fn recover(&self, events_durable: Option<&dyn Fn(u64) -> bool>) -> Result<(), HistoryError> {
+        let linked = std::cell::Cell::new(false);
+        let keep = |record: u64| match events_durable {
+            Some(durable) => durable(record),
+            None => {
+                linked.set(true);
+                true
+            }
+        };
         for entry in std::fs::read_dir(&self.wal_dir)? {
             let entry = entry?;
             let name = entry.file_name();
@@ -319,7 +356,25 @@ impl Inner {
                 if seq <= done {
                     continue;
                 }
-                let replay = wal::replay(&dir, seq)?;
+                let replay = wal::replay(&dir, seq, &keep)?;
+                if linked.get() {
+                    return Err(HistoryError::Config(format!(
+                        "the write-ahead log in {} holds fixes whose events went to the fleet \
+                         store's journal (a server computing events stopped without closing); \
+                         open it together with the fleet store (start `kickstand run` once) \
+                         so only the fixes whose events are durable are kept",
+                        dir.display()
+                    )));
+                }
+                if !replay.dropped.is_empty() {
+                    // Their groups were never acked: the devices send them again.
+                    tracing::warn!(
+                        message = "dropped write-ahead log records whose events never reached the event journal",
+                        shard,
+                        segment = seq,
+                        records = replay.dropped.len(),
+                    );
+                }
                 if replay.torn_tail {
                     if Some(&seq) == segments.last() {
                         tracing::warn!(
@@ -867,6 +922,10 @@ impl ShardWriter {
     }
 
     fn rotate_and_checkpoint(&mut self, wait: bool) -> Result<(), HistoryError> {
+        // A poisoned writer's memtable may hold a record recovery must drop (`refuse`).
+        if self.inner.poisoned.load(Ordering::SeqCst) {
+            return Err(HistoryError::Poisoned);
+        }
         // One outstanding checkpoint per shard; a second must wait for the first.
         let outstanding = self.mem.read().frozen.is_some();
         if outstanding {
@@ -940,15 +999,28 @@ impl ShardWriter {
     }
 }
 
-impl HistoryWriter for ShardWriter {
-    fn append(&mut self, fixes: &[Fix], is_new: &mut Vec<bool>) -> Result<(), HistoryError> {
+impl ShardWriter {
+    fn append_record(
+        &mut self,
+        fixes: &[Fix],
+        is_new: &mut Vec<bool>,
+        link: Option<u64>,
+    ) -> Result<(), HistoryError> {
         if self.inner.poisoned.load(Ordering::SeqCst) {
             return Err(HistoryError::Poisoned);
+        }
+        // Checkpoint what earlier appends wrote before this one, never this one's fixes: a
+        // linked record's events are durable only once the caller says so after we return.
+        if self.checkpoint_due() {
+            self.rotate_and_checkpoint(false)?;
         }
         self.fresh.clear();
         self.fresh_set = None;
         self.stored_cache.clear();
         wal::begin_record(&mut self.record);
+        if let Some(record) = link {
+            wal::put_link(&mut self.record, record);
+        }
         let base = is_new.len();
         for (i, fix) in fixes.iter().enumerate() {
             let newest = self.newest_of(&fix.vehicle_id)?;
@@ -995,10 +1067,30 @@ impl HistoryWriter for ShardWriter {
             }
             mem.active_count += self.fresh.len();
         }
-        if self.checkpoint_due() {
-            self.rotate_and_checkpoint(false)?;
-        }
         Ok(())
+    }
+}
+
+impl HistoryWriter for ShardWriter {
+    fn append(&mut self, fixes: &[Fix], is_new: &mut Vec<bool>) -> Result<(), HistoryError> {
+        self.append_record(fixes, is_new, None)
+    }
+
+    fn links_events(&self) -> bool {
+        true
+    }
+
+    fn append_linked(
+        &mut self,
+        fixes: &[Fix],
+        is_new: &mut Vec<bool>,
+        events_record: u64,
+    ) -> Result<(), HistoryError> {
+        self.append_record(fixes, is_new, Some(events_record))
+    }
+
+    fn refuse(&mut self) {
+        self.inner.poisoned.store(true, Ordering::SeqCst);
     }
 
     fn tick(&mut self) -> Result<(), HistoryError> {

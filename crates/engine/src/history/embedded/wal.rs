@@ -7,6 +7,11 @@
 //! fix, never the raw JSON). A record is acked only after `fdatasync`, so a torn record can only
 //! be the last of the newest segment, and was never acked: replay stops there.
 //!
+//! A group whose events went to the fleet store's event journal while its fixes were written
+//! here starts with a link, `0u8 | journal record: u64 LE` ([`put_link`]; a fix never starts with
+//! a 0 byte, its vehicle id is never empty): replay hands the number to its caller, which drops
+//! the record unless that journal record is durable (ADR 0024).
+//!
 //! **Architecture Invariant:** this module writes and reads bytes; it knows nothing of buckets.
 
 use kickstand_domain::{Fix, Point, VehicleId, VehicleState};
@@ -109,6 +114,13 @@ pub fn read_records(bytes: &[u8], mut visit: impl FnMut(&[u8]) -> bool) -> bool 
 pub fn begin_record(buf: &mut Vec<u8>) {
     buf.clear();
     buf.extend_from_slice(&[0; 8]);
+}
+
+/// Links the record being built (right after [`begin_record`]) to event journal record
+/// `journal_record`.
+pub fn put_link(buf: &mut Vec<u8>, journal_record: u64) {
+    buf.push(0);
+    buf.extend_from_slice(&journal_record.to_le_bytes());
 }
 
 const F_SPEED: u16 = 1;
@@ -241,10 +253,13 @@ pub struct Replay {
     /// True when the segment ended in a torn or corrupt record (its tail was never acked when
     /// it is the newest segment).
     pub torn_tail: bool,
+    /// The journal records of the linked records left out because `keep` refused them.
+    pub dropped: Vec<u64>,
 }
 
-/// Reads every intact record of segment `seq` in `dir`.
-pub fn replay(dir: &Path, seq: u64) -> io::Result<Replay> {
+/// Reads every intact record of segment `seq` in `dir`; a record linked to an event journal
+/// record is kept only if `keep` says so.
+pub fn replay(dir: &Path, seq: u64, keep: &dyn Fn(u64) -> bool) -> io::Result<Replay> {
     let mut bytes = Vec::new();
     File::open(segment_path(dir, seq))?.read_to_end(&mut bytes)?;
     let mut out = Replay::default();
@@ -254,6 +269,17 @@ pub fn replay(dir: &Path, seq: u64) -> io::Result<Replay> {
             bytes: payload,
             pos: 0,
         };
+        if payload.first() == Some(&0) {
+            c.pos = 1;
+            let Some(link) = c.take::<8>().map(u64::from_le_bytes) else {
+                unreadable = true;
+                return false;
+            };
+            if !keep(link) {
+                out.dropped.push(link);
+                return true;
+            }
+        }
         let before = out.fixes.len();
         while c.pos < payload.len() {
             match read_fix(&mut c) {
@@ -310,7 +336,7 @@ mod tests {
         let path = segment_path(dir.path(), 7);
         let mut f = OpenOptions::new().append(true).open(&path).unwrap();
         f.write_all(&[9, 0, 0]).unwrap();
-        let r = replay(dir.path(), 7).unwrap();
+        let r = replay(dir.path(), 7, &|_| true).unwrap();
         assert_eq!(r.fixes, vec![fix("a", 1), fix("bb", 2), fix("c", 3)]);
         assert!(r.torn_tail);
         assert_eq!(list_segments(dir.path()).unwrap(), vec![7]);
@@ -333,9 +359,37 @@ mod tests {
         let last = bytes.len() - 3;
         bytes[last] ^= 0xff;
         fs::write(&path, bytes).unwrap();
-        let r = replay(dir.path(), 1).unwrap();
+        let r = replay(dir.path(), 1, &|_| true).unwrap();
         assert_eq!(r.fixes, vec![fix("a", 1)]);
         assert!(r.torn_tail);
+    }
+
+    #[test]
+    fn a_linked_record_is_kept_only_when_its_journal_record_is() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut seg = Segment::create(dir.path(), 1).unwrap();
+        let mut buf = Vec::new();
+        begin_record(&mut buf);
+        put_fix(&mut buf, &fix("plain", 1));
+        seg.append_durable(&mut buf).unwrap();
+        for (journal, id) in [(7, "seven"), (8, "eight")] {
+            begin_record(&mut buf);
+            put_link(&mut buf, journal);
+            put_fix(&mut buf, &fix(id, 2));
+            put_fix(&mut buf, &fix(id, 3));
+            seg.append_durable(&mut buf).unwrap();
+        }
+        drop(seg);
+        let r = replay(dir.path(), 1, &|j| j == 7).unwrap();
+        assert_eq!(
+            r.fixes,
+            vec![fix("plain", 1), fix("seven", 2), fix("seven", 3)]
+        );
+        assert_eq!(r.dropped, vec![8]);
+        assert!(!r.torn_tail);
+        let r = replay(dir.path(), 1, &|_| true).unwrap();
+        assert_eq!(r.fixes.len(), 5);
+        assert!(r.dropped.is_empty());
     }
 }
 
@@ -351,7 +405,7 @@ mod garbage {
         fn replaying_garbage_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..2000)) {
             let dir = tempfile::tempdir().unwrap();
             std::fs::write(segment_path(dir.path(), 1), &bytes).unwrap();
-            let r = replay(dir.path(), 1).unwrap();
+            let r = replay(dir.path(), 1, &|j| j % 2 == 0).unwrap();
             for fix in &r.fixes {
                 prop_assert!(!fix.vehicle_id.as_str().is_empty());
             }
