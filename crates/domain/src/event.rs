@@ -164,7 +164,13 @@ impl Event {
         feed(kind.as_str().as_bytes());
         feed(&ts.to_le_bytes());
         feed(zone.unwrap_or("").as_bytes());
-        format!("{h:032x}")
+        // `format!("{h:032x}")` without the formatting machinery (one of these per event).
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        let mut id = String::with_capacity(32);
+        for shift in (0..32).rev() {
+            id.push(char::from(HEX[((h >> (shift * 4)) & 0xf) as usize]));
+        }
+        id
     }
 
     pub fn lat(&self) -> f64 {
@@ -179,6 +185,22 @@ impl Event {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ids_are_pinned_32_lowercase_hex_digits() {
+        // Stored ids must never change between versions: values from an independent FNV-1a
+        // 128 computation (Python), leading zeros kept.
+        let id =
+            |v: &str, kind, ts, zone| Event::make_id(&VehicleId::new(v).unwrap(), kind, ts, zone);
+        assert_eq!(
+            id("scooter-1", EventKind::GeofenceEntered, 1000, Some("z1")),
+            "d3e6e7657b3fb9e65835accbe0106346"
+        );
+        assert_eq!(
+            id("v", EventKind::Stale, -5, None),
+            "2d94272d0f70cca6aece3447117bd622"
+        );
+    }
 
     #[test]
     fn ids_are_deterministic_and_distinguish_every_field() {

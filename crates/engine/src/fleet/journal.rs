@@ -254,7 +254,7 @@ impl Journal {
     /// Writes one record of `bodies` without waiting for it to reach the disk, and asks the
     /// sync thread for it; returns its number, for [`wait_durable`](Journal::wait_durable).
     /// Waits first while the writer thread is more than `max_backlog` events behind.
-    pub fn stage(&self, recorded_at: i64, bodies: &[String]) -> io::Result<u64> {
+    pub fn stage<B: AsRef<str>>(&self, recorded_at: i64, bodies: &[B]) -> io::Result<u64> {
         {
             let mut p = self.progress.lock();
             let deadline = Instant::now() + Duration::from_secs(30);
@@ -298,13 +298,15 @@ impl Journal {
         Ok(())
     }
 
-    fn write(&self, recorded_at: i64, bodies: &[String]) -> io::Result<u64> {
-        let mut buf = Vec::with_capacity(28 + bodies.iter().map(|b| b.len() + 4).sum::<usize>());
+    fn write<B: AsRef<str>>(&self, recorded_at: i64, bodies: &[B]) -> io::Result<u64> {
+        let len: usize = bodies.iter().map(|b| b.as_ref().len() + 4).sum();
+        let mut buf = Vec::with_capacity(28 + len);
         wal::begin_record(&mut buf);
         buf.extend_from_slice(&[0; 8]);
         buf.extend_from_slice(&recorded_at.to_le_bytes());
         buf.extend_from_slice(&(bodies.len() as u32).to_le_bytes());
         for b in bodies {
+            let b = b.as_ref();
             buf.extend_from_slice(&(b.len() as u32).to_le_bytes());
             buf.extend_from_slice(b.as_bytes());
         }

@@ -24,6 +24,7 @@ use kickstand_domain::{VehicleId, VehicleState};
 use parking_lot::Mutex;
 use rusqlite::{Connection, OptionalExtension, params};
 use std::collections::BTreeMap;
+use std::ops::Range;
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -114,20 +115,21 @@ pub struct SqliteFleetStore {
 struct Row {
     /// The event's identity beside its `ts` ([`blocks::identity`] of its id).
     h: i64,
-    vehicle_id: String,
+    vehicle_id: VehicleId,
     kind: EventKind,
     ts: i64,
     zone_id: String,
     /// A `state_changed` away from `on_trip` ([`super::ends_trip`]).
     ends_trip: bool,
-    body: String,
+    /// Where its JSON is in the record's `text`.
+    body: Range<usize>,
 }
 
 impl Row {
-    fn of(e: &Event, body: String) -> Row {
+    fn of(e: &Event, body: Range<usize>) -> Row {
         Row {
             h: blocks::identity(&e.id),
-            vehicle_id: e.vehicle_id.as_str().to_owned(),
+            vehicle_id: e.vehicle_id.clone(),
             kind: e.kind,
             ts: e.ts,
             zone_id: e.zone_id.clone().unwrap_or_default(),
@@ -137,10 +139,25 @@ impl Row {
     }
 }
 
-/// The events of one journal record.
+/// The events of one journal record: their JSON back to back in one buffer (one allocation
+/// per record, not one per event).
 struct Record {
+    text: String,
     rows: Vec<Row>,
     recorded_at: i64,
+}
+
+/// Serialises `events` into one buffer; returns it with each event's range in it.
+fn serialise(events: &[Event]) -> FleetResult<(String, Vec<Range<usize>>)> {
+    let mut text = Vec::with_capacity(events.len() * 320);
+    let mut ranges = Vec::with_capacity(events.len());
+    for e in events {
+        let start = text.len();
+        serde_json::to_writer(&mut text, e).map_err(err)?;
+        ranges.push(start..text.len());
+    }
+    let text = String::from_utf8(text).map_err(err)?;
+    Ok((text, ranges))
 }
 
 /// Work for the writer thread.
@@ -483,18 +500,20 @@ fn insert_events<'a>(
     let mut stored = Vec::new();
     {
         let mut seq: u64 = tx
-            .query_row(
-                "SELECT value FROM counters WHERE name = 'event_seq'",
-                [],
-                |r| r.get::<_, i64>(0),
-            )
+            .prepare_cached("SELECT value FROM counters WHERE name = 'event_seq'")
+            .and_then(|mut s| s.query_row([], |r| r.get::<_, i64>(0)))
             .map_err(err)? as u64;
         let mut new_id = tx
             .prepare_cached("INSERT INTO event_ids (ts, h) VALUES (?1, ?2) ON CONFLICT DO NOTHING")
             .map_err(err)?;
         let mut trip_end = tx.prepare_cached(TRIP_END).map_err(err)?;
         let mut block = Builder::default();
-        for Record { rows, recorded_at } in batch {
+        for Record {
+            text,
+            rows,
+            recorded_at,
+        } in batch
+        {
             for r in rows {
                 if new_id.execute(params![r.ts, r.h]).map_err(err)? == 0 {
                     continue;
@@ -505,34 +524,35 @@ fn insert_events<'a>(
                     ts: r.ts,
                     recorded_at: *recorded_at,
                     kind: r.kind,
-                    vehicle: &r.vehicle_id,
+                    vehicle: r.vehicle_id.as_str(),
                     zone: &r.zone_id,
-                    body: &r.body,
+                    body: &text[r.body.clone()],
                 });
                 if block.is_full() {
                     put_block(&tx, &mut block)?;
                 }
                 if r.ends_trip {
-                    trip_end.execute(params![r.vehicle_id, r.ts]).map_err(err)?;
+                    trip_end
+                        .execute(params![r.vehicle_id.as_str(), r.ts])
+                        .map_err(err)?;
                 }
                 stored.push(vindex::Entry {
                     seq,
-                    vehicle_id: &r.vehicle_id,
+                    vehicle_id: r.vehicle_id.as_str(),
                     is_state: is_state_kind(r.kind),
                 });
             }
         }
         put_block(&tx, &mut block)?;
-        tx.execute(
-            "UPDATE counters SET value = ?1 WHERE name = 'event_seq'",
-            [seq as i64],
-        )
-        .map_err(err)?;
-        tx.execute(
-            "UPDATE counters SET value = ?1 WHERE name = 'journal_indexed'",
-            [last as i64],
-        )
-        .map_err(err)?;
+        let mut counter = tx
+            .prepare_cached("UPDATE counters SET value = ?2 WHERE name = ?1")
+            .map_err(err)?;
+        counter
+            .execute(params!["event_seq", seq as i64])
+            .map_err(err)?;
+        counter
+            .execute(params!["journal_indexed", last as i64])
+            .map_err(err)?;
     }
     tx.commit().map_err(err)?;
     Ok(stored)
@@ -643,9 +663,14 @@ fn replay(
     let total = pending.len();
     for r in pending {
         let mut rows = Vec::with_capacity(r.bodies.len());
+        let mut text = String::with_capacity(r.bodies.iter().map(String::len).sum());
         for body in r.bodies {
             match serde_json::from_str::<Event>(&body) {
-                Ok(e) => rows.push(Row::of(&e, body)),
+                Ok(e) => {
+                    let start = text.len();
+                    text.push_str(&body);
+                    rows.push(Row::of(&e, start..text.len()));
+                }
                 // Written by this store from an `Event`: unreadable only if the format changed
                 // incompatibly, which a migration would have to handle.
                 Err(e) => {
@@ -660,6 +685,7 @@ fn replay(
         batch_events += rows.len();
         batch_last = r.record;
         batch.push(Record {
+            text,
             rows,
             recorded_at: r.recorded_at,
         });
@@ -891,22 +917,25 @@ impl FleetStore for SqliteFleetStore {
         if events.is_empty() {
             return Ok(StagedEvents::durable_now());
         }
-        let mut bodies = Vec::with_capacity(events.len());
-        for e in events {
-            bodies.push(serde_json::to_string(e).map_err(err)?);
-        }
+        let (text, ranges) = serialise(events)?;
+        let bodies: Vec<&str> = ranges.iter().map(|r| &text[r.clone()]).collect();
         let record = self
             .journal
             .stage(recorded_at, &bodies)
             .map_err(|error| err(format!("the event journal failed: {error}")))?;
+        drop(bodies);
         let rows = events
             .iter()
-            .zip(bodies)
+            .zip(ranges)
             .map(|(e, body)| Row::of(e, body))
             .collect();
         let job = Job::Events {
             record,
-            events: Record { rows, recorded_at },
+            events: Record {
+                text,
+                rows,
+                recorded_at,
+            },
         };
         let (journal, jobs) = (self.journal.clone(), self.jobs.clone());
         Ok(StagedEvents::in_record(record, move || {

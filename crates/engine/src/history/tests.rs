@@ -756,3 +756,44 @@ fn killed_writer<B: Backend>(b: &B, child_test: &str) {
         .sum();
     assert_eq!(total, (acked + 2) as usize * 18, "everything once after it");
 }
+
+/// The embedded writer's side of ADR 0024: once refused (the events of its last linked append
+/// never became durable) it takes nothing more and never checkpoints, so the record stays in
+/// the WAL, where recovery drops it.
+#[test]
+fn a_refused_embedded_writer_leaves_its_linked_record_for_recovery_to_drop() {
+    let dir = tempfile::tempdir().unwrap();
+    // Every append and tick finds a checkpoint due.
+    let config = EmbeddedConfig {
+        checkpoint_fixes: 1,
+        checkpoint_interval_ms: 0,
+        compact_grace_secs: 0,
+    };
+    let t = 1_795_564_800_000;
+    let history = EmbeddedHistory::open(dir.path(), BucketSpan::HOUR, config.clone()).unwrap();
+    let mut w = history.writer(0).unwrap();
+    let mut is_new = Vec::new();
+    w.append_linked(&[fix("kept", t)], &mut is_new, 1).unwrap();
+    w.append_linked(&[fix("refused", t)], &mut is_new, 2)
+        .unwrap();
+    w.refuse();
+    assert!(matches!(w.tick(), Err(HistoryError::Poisoned)));
+    assert!(matches!(
+        w.append(&[fix("after", t)], &mut is_new),
+        Err(HistoryError::Poisoned)
+    ));
+    drop(w);
+    drop(history);
+    let history =
+        EmbeddedHistory::open_with_events(dir.path(), BucketSpan::HOUR, config, &|r| r != 2)
+            .unwrap();
+    let points = |v: &str| {
+        history
+            .track(&VehicleId::new(v).unwrap(), t - 1, t + 1)
+            .unwrap()
+            .len()
+    };
+    assert_eq!(points("kept"), 1);
+    assert_eq!(points("refused"), 0);
+    assert_eq!(points("after"), 0);
+}
