@@ -51,12 +51,34 @@ impl VehicleId {
 /// 64-bit FNV-1a: stable across processes and versions (shard ownership and stored keys rely
 /// on it), not meant to resist chosen inputs.
 pub fn fnv1a64(bytes: &[u8]) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in bytes {
-        h ^= u64::from(*b);
-        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    let mut h = Fnv1a64::default();
+    std::hash::Hasher::write(&mut h, bytes);
+    h.0
+}
+
+/// [`fnv1a64`] fed in pieces (a [`Hasher`](std::hash::Hasher)): the same value as
+/// `fnv1a64` of the pieces concatenated. Only `write` is meant to be used; `Hash` impls add
+/// bytes of their own.
+#[derive(Clone, Copy, Debug)]
+pub struct Fnv1a64(u64);
+
+impl Default for Fnv1a64 {
+    fn default() -> Self {
+        Fnv1a64(0xcbf2_9ce4_8422_2325)
     }
-    h
+}
+
+impl std::hash::Hasher for Fnv1a64 {
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 ^= u64::from(*b);
+            self.0 = self.0.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
 }
 
 impl fmt::Debug for VehicleId {
@@ -341,6 +363,11 @@ mod tests {
         assert_eq!(fnv1a64(b""), 0xcbf2_9ce4_8422_2325);
         assert_eq!(fnv1a64(b"a"), 0xaf63_dc4c_8601_ec8c);
         assert_eq!(fnv1a64(b"foobar"), 0x8594_4171_f739_67e8);
+        let mut pieces = Fnv1a64::default();
+        std::hash::Hasher::write(&mut pieces, b"foo");
+        std::hash::Hasher::write(&mut pieces, b"");
+        std::hash::Hasher::write(&mut pieces, b"bar");
+        assert_eq!(std::hash::Hasher::finish(&pieces), fnv1a64(b"foobar"));
     }
     use super::*;
 

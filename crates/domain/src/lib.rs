@@ -36,4 +36,4 @@ pub mod wire;
 pub mod zone;
 
 pub use bucket::BucketSpan;
-pub use fix::{Fix, FixError, Point, Quality, VehicleId, VehicleState, fnv1a64};
+pub use fix::{Fix, FixError, Fnv1a64, Point, Quality, VehicleId, VehicleState, fnv1a64};

@@ -203,10 +203,7 @@ struct Progress {
 }
 
 fn copy_id(from: &str, to: &str, since: i64, until: i64) -> String {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in format!("{from}\n{to}\n{since}\n{until}").bytes() {
-        h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
-    }
+    let h = kickstand_domain::fnv1a64(format!("{from}\n{to}\n{since}\n{until}").as_bytes());
     format!("{h:016x}")
 }
 

@@ -541,11 +541,12 @@ pub(super) fn plan_compaction(
     points.dedup_by_key(|p| p.ts);
     let mut ids: Vec<String> = docs.iter().map(|c| c.id.to_string()).collect();
     ids.sort_unstable();
-    let mut hash = FNV_OFFSET;
+    let mut hash = kickstand_domain::Fnv1a64::default();
     for id in &ids {
-        hash = fnv1a(hash, id.as_bytes());
-        hash = fnv1a(hash, b"\n");
+        std::hash::Hasher::write(&mut hash, id.as_bytes());
+        std::hash::Hasher::write(&mut hash, b"\n");
     }
+    let hash = std::hash::Hasher::finish(&hash);
     let insert = compacted_documents(vehicle, start, &points, hash);
     // Never delete what is being written (only a hash collision could make them meet).
     let kept = |c: &&&StoredChunk| !insert.iter().any(|d| d.get("_id") == Some(&c.id));
@@ -557,16 +558,6 @@ pub(super) fn plan_compaction(
         delete_last: raw.iter().map(|c| c.id.clone()).collect(),
         points,
     })
-}
-
-const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
-
-fn fnv1a(mut h: u64, bytes: &[u8]) -> u64 {
-    for b in bytes {
-        h ^= u64::from(*b);
-        h = h.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    h
 }
 
 /// A time-series measurement: `ts`, the metaField `vehicle_id` (the only field that names the

@@ -27,11 +27,11 @@ pub(super) const MIGRATIONS: &[Migration] = &[Migration {
 /// An advisory-lock key for `purpose` in `schema`: advisory locks are per database, and tests
 /// run many schemas in one database, so the schema is part of the key.
 pub(crate) fn lock_key(schema: &str, purpose: &str) -> i64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in schema.bytes().chain([0]).chain(purpose.bytes()) {
-        h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+    let mut h = kickstand_domain::Fnv1a64::default();
+    for piece in [schema.as_bytes(), &[0], purpose.as_bytes()] {
+        std::hash::Hasher::write(&mut h, piece);
     }
-    h as i64
+    std::hash::Hasher::finish(&h) as i64
 }
 
 pub(crate) fn checksum(sql: &str) -> i64 {
