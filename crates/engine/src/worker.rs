@@ -107,18 +107,16 @@ pub fn run(
             Some(record) => writer.append_linked(&fixes, &mut is_new, record),
             None => writer.append(&fixes, &mut is_new),
         };
-        if let Some(s) = staged.take() {
-            // Always waited for (it hands the record on); the group is acked only if both hold.
-            match s.durable() {
-                Ok(()) => crate::watcher::count_events(&events),
-                Err(error) => {
-                    if appended.is_ok() {
-                        // The fixes are on disk and their events may not be: no more writes
-                        // until restart, whose recovery drops them (the group is not acked).
-                        writer.refuse();
-                        appended = Err(crate::history::HistoryError::Engine(error.to_string()));
-                    }
-                }
+        // Staged events are always waited for (that hands the record on); the group is acked
+        // only if both hold.
+        if let Some(s) = staged.take()
+            && let Err(error) = s.durable()
+        {
+            if appended.is_ok() {
+                // The fixes are on disk and their events may not be: no more writes until
+                // restart, whose recovery drops them (the group is not acked).
+                writer.refuse();
+                appended = Err(crate::history::HistoryError::Engine(error.to_string()));
             }
         } else if !events.is_empty() {
             crate::watcher::count_events(&events);

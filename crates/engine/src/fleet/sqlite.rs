@@ -3,10 +3,10 @@
 //!
 //! Durability: an event is on disk, in the journal, before the fixes that caused it are acked,
 //! even across a power cut (its sync may run while the fixes are written, in which case history
-//! drops them at recovery unless the journal record survived: ADR 0024); the writer thread moves journalled events into
-//! `fleet.db` in large batches off the ack path, and queries wait until it has caught up with
-//! every append made before them. Geofence writes go straight to `fleet.db` with
-//! `synchronous = FULL`. Events are kept in blocks of up to 64 per row (see
+//! drops them at recovery unless the journal record survived: ADR 0024); the writer thread
+//! moves journalled events into `fleet.db` in large batches off the ack path, and queries wait
+//! until it has caught up with every append made before them. Geofence writes go straight to
+//! `fleet.db` with `synchronous = FULL`. Events are kept in blocks of up to 64 per row (see
 //! [`blocks`](super::blocks)), each stored once by its identity in `event_ids`.
 //!
 //! One connection writes (workers, the API's geofence changes) and one reads (queries), so a
